@@ -1,0 +1,30 @@
+# The quick start is `make demo` then `make test`; both share one virtual environment.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench-accuracy clean
+
+install: $(STAMP)
+
+# torch is pinned to the CPU build that installs from a local file; an unpinned
+# torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[cpu,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench-accuracy: $(STAMP)
+	$(PY) benchmarks/accuracy.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,16 @@
+"""The common-neighbour step of NCN / NCNC, the single home of the hot loop."""
+
+from triton_kernels.common_neighbors import NeighborSplit, RaggedSet
+from triton_kernels.graph import CSRGraph, build_csr, validate_csr
+from triton_kernels.ops import common_neighbor_sum, neighbor_split, weighted_gather_sum
+
+__all__ = [
+    "CSRGraph",
+    "NeighborSplit",
+    "RaggedSet",
+    "build_csr",
+    "common_neighbor_sum",
+    "neighbor_split",
+    "validate_csr",
+    "weighted_gather_sum",
+]
