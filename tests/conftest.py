@@ -1,0 +1,25 @@
+"""Fixtures shared by every test folder. Keep this file small: folder-specific fixtures live with
+their tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+
+@pytest.fixture
+def write_parquet(tmp_path: Path) -> Callable[..., Path]:
+    """``write_parquet("e.parquet", src=[...], dst=[...])`` -> path of a Parquet file in tmp_path.
+
+    Pass ``dtypes={...}`` to pin column dtypes (for example ``pl.List(pl.Float32)``).
+    """
+
+    def write(name: str, dtypes: dict[str, pl.DataType] | None = None, **columns: object) -> Path:
+        path = tmp_path / name
+        pl.DataFrame(columns, schema_overrides=dtypes).write_parquet(path)
+        return path
+
+    return write
