@@ -1,0 +1,3 @@
+from ncnc.cli import main
+
+main()

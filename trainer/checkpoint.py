@@ -1,0 +1,111 @@
+"""Checkpoint directory: everything needed to evaluate or export a trained model.
+
+Layout (nothing here is ever unpickled):
+
+- ``config.json``: format tag and version, model and training configuration, best epoch, metrics,
+  library versions, the input the model was trained on;
+- ``model.safetensors``: weights (best-validation epoch);
+- ``features.safetensors``: node features ``x`` when the graph has them;
+- ``id_map.parquet``: contiguous index -> original node id;
+- ``split.parquet``: train / valid / test edges and negatives in index space;
+- ``metrics.jsonl`` and ``learning_curve.png``: per-epoch history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ncnc.errors import InputError
+from trainer.config import ModelConfig, RunConfig, TrainConfig
+from trainer.data import IdMap
+from trainer.model import LinkPredictionModel
+from trainer.splits import EdgeSplit
+
+CHECKPOINT_FORMAT = "ncnc-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    model: LinkPredictionModel
+    config: RunConfig
+    features: Tensor | None
+    id_map: IdMap
+    split: EdgeSplit
+    summary: dict[str, Any]
+
+
+def library_versions() -> dict[str, str]:
+    import onnx
+    import polars
+    import pyarrow
+    import torch_geometric
+
+    return {"torch": torch.__version__, "torch_geometric": torch_geometric.__version__,
+            "onnx": onnx.__version__, "polars": polars.__version__, "pyarrow": pyarrow.__version__}
+
+
+def save_checkpoint(
+    directory: Path,
+    model: LinkPredictionModel,
+    config: RunConfig,
+    features: Tensor | None,
+    id_map: IdMap,
+    split: EdgeSplit,
+    summary: dict[str, Any],
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    if features is not None:
+        save_file({"x": features.cpu().contiguous()}, str(directory / "features.safetensors"))
+    id_map.save(directory / "id_map.parquet")
+    split.save(directory / "split.parquet")
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model": dataclasses.asdict(config.model),
+        "train": dataclasses.asdict(config.train),
+        "summary": summary,
+        "versions": library_versions(),
+    }
+    (directory / "config.json").write_text(json.dumps(meta, indent=2))
+
+
+def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> Checkpoint:
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"{directory} is not an ncnc checkpoint: config.json is missing")
+    try:
+        meta = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{config_path} is not valid JSON: {err}") from err
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{config_path}: not an ncnc checkpoint (format {meta.get('format')!r})")
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise InputError(
+            f"{config_path}: checkpoint version {meta.get('version')} is not supported "
+            f"(this ncnc reads version {CHECKPOINT_VERSION})"
+        )
+    config = RunConfig(ModelConfig(**meta["model"]), TrainConfig(**meta["train"]))
+    model = LinkPredictionModel(config.model)
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    model.to(device).eval()
+    features_path = directory / "features.safetensors"
+    features = load_file(str(features_path))["x"].to(device) if features_path.exists() else None
+    return Checkpoint(
+        model=model,
+        config=config,
+        features=features,
+        id_map=IdMap.load(directory / "id_map.parquet"),
+        split=EdgeSplit.load(directory / "split.parquet"),
+        summary=meta.get("summary", {}),
+    )

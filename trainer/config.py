@@ -1,0 +1,165 @@
+"""Model and training configuration: dataclasses, per-dataset presets, TOML overrides.
+
+Precedence: built-in defaults < dataset preset < ``--config FILE.toml`` < command-line flags.
+Field names follow the official NCNC code's flags where one exists (``xdp``, ``preedp``, ...), so
+its README commands translate one to one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ncnc.errors import InputError
+
+ModelKind = Literal["gae", "ncn", "ncnc"]
+EncoderKind = Literal["puregcn", "gcn"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the encoder and the pair predictor (see docs: the NCN / NCNC model)."""
+
+    model: ModelKind = "ncnc"
+    num_nodes: int = 0
+    in_features: int = 0  # 0: the graph has no features, learn a node embedding instead
+    hidden: int = 256
+    encoder: EncoderKind = "puregcn"
+    mp_layers: int = 1
+    jk: bool = True
+    res: bool = False
+    ln_encoder: bool = True
+    ln_predictor: bool = True
+    use_xlin: bool = True
+    tailact: bool = True
+    twolayerlin: bool = False
+    beta: float = 1.0
+    xdp: float = 0.7  # input feature dropout
+    tdp: float = 0.3  # dropout after the last propagation step
+    gnndp: float = 0.05  # encoder dropout
+    gnnedp: float = 0.0  # encoder edge dropout
+    predp: float = 0.05  # predictor dropout
+    preedp: float = 0.4  # predictor edge dropout (adjacency read by the common-neighbour step)
+    # NCNC completion (ignored by gae / ncn)
+    depth: int = 1
+    probscale: float = 4.3
+    proboffset: float = 2.8
+    pt: float = 0.75
+    alpha: float = 1.0
+    train_cap: int = -1  # reference --trndeg: cap on each difference set while training
+    test_cap: int = -1  # reference --tstdeg: cap while evaluating and scoring
+    cap_seed: int = 0  # salt of the deterministic capping draws at evaluation time
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and protocol settings."""
+
+    epochs: int = 100
+    batch_size: int = 1152
+    eval_batch_size: int = 8192
+    gnnlr: float = 0.0043
+    prelr: float = 0.0024
+    seed: int = 0
+    target_link_removal: bool = True
+    val_fraction: float = 0.05  # held out from --edges input
+    test_fraction: float = 0.0  # held out from --edges input (datasets use the reference 0.2)
+    select_metric: str = "hits@100"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# Reference hyperparameters (README of GraphPKU/NeuralCommonNeighbor), one entry per dataset.
+_PLANETOID_COMMON: dict[str, Any] = {
+    "hidden": 256, "encoder": "puregcn", "mp_layers": 1, "jk": True, "use_xlin": True,
+    "tailact": True, "ln_encoder": True, "ln_predictor": True,
+}
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "cora": {
+        "model": {**_PLANETOID_COMMON, "xdp": 0.7, "tdp": 0.3, "pt": 0.75, "gnnedp": 0.0,
+                  "preedp": 0.4, "predp": 0.05, "gnndp": 0.05, "probscale": 4.3,
+                  "proboffset": 2.8, "alpha": 1.0},
+        "train": {"gnnlr": 0.0043, "prelr": 0.0024, "batch_size": 1152, "eval_batch_size": 8192,
+                  "epochs": 100, "val_fraction": 0.1, "test_fraction": 0.2},
+    },
+    "citeseer": {
+        "model": {**_PLANETOID_COMMON, "xdp": 0.4, "tdp": 0.0, "pt": 0.75, "gnnedp": 0.0,
+                  "preedp": 0.0, "predp": 0.55, "gnndp": 0.75, "probscale": 6.5,
+                  "proboffset": 4.4, "alpha": 0.4, "twolayerlin": True},
+        "train": {"gnnlr": 0.0085, "prelr": 0.0078, "batch_size": 384, "eval_batch_size": 4096,
+                  "epochs": 100, "val_fraction": 0.1, "test_fraction": 0.2},
+    },
+    "pubmed": {
+        "model": {**_PLANETOID_COMMON, "xdp": 0.3, "tdp": 0.0, "pt": 0.5, "gnnedp": 0.0,
+                  "preedp": 0.0, "predp": 0.05, "gnndp": 0.1, "probscale": 5.3,
+                  "proboffset": 0.5, "alpha": 0.3},
+        "train": {"gnnlr": 0.0097, "prelr": 0.002, "batch_size": 2048, "eval_batch_size": 8192,
+                  "epochs": 100, "val_fraction": 0.1, "test_fraction": 0.2},
+    },
+}
+
+
+def _apply(section: Any, overrides: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(section)}
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise InputError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    typed = {}
+    for name, value in overrides.items():
+        default = getattr(section, name)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise InputError(f"{where}: {name} must be true or false, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InputError(f"{where}: {name} must be a number, got {value!r}")
+            value = type(default)(value) if isinstance(default, float) else value
+        typed[name] = value
+    return dataclasses.replace(section, **typed)
+
+
+def load_toml(path: Path) -> dict[str, dict[str, Any]]:
+    """Read ``[model]`` and ``[train]`` tables from a TOML file."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise InputError(f"cannot read config {path}: {err}") from err
+    extra = sorted(set(data) - {"model", "train"})
+    if extra:
+        raise InputError(f"config {path}: unknown table(s) {extra}; use [model] and [train]")
+    return {"model": data.get("model", {}), "train": data.get("train", {})}
+
+
+def resolve_config(
+    model: ModelKind,
+    dataset: str | None = None,
+    config_file: Path | None = None,
+    model_flags: dict[str, Any] | None = None,
+    train_flags: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults < dataset preset < TOML file < flags (``None`` flag values are ignored)."""
+    run = RunConfig(ModelConfig(model=model), TrainConfig())
+    layers: list[tuple[str, dict[str, dict[str, Any]]]] = []
+    if dataset is not None:
+        layers.append((f"preset {dataset}", PRESETS.get(dataset.lower(), {})))
+    if config_file is not None:
+        layers.append((str(config_file), load_toml(config_file)))
+    flags = {"model": model_flags or {}, "train": train_flags or {}}
+    layers.append(("flags", {k: {n: v for n, v in d.items() if v is not None}
+                             for k, d in flags.items()}))
+    for where, layer in layers:
+        run = RunConfig(
+            _apply(run.model, layer.get("model", {}), where),
+            _apply(run.train, layer.get("train", {}), where),
+        )
+    if run.model.model != model:
+        raise InputError(f"--model {model} conflicts with model = {run.model.model!r} in config")
+    if run.model.depth not in (1, 2):
+        raise InputError(f"depth must be 1 or 2, got {run.model.depth}")
+    return run
