@@ -3,6 +3,7 @@ their tests."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,3 +24,8 @@ def write_parquet(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+# The project's shared/ folder sits beside the repository (read-only in CI); NCNC_SHARED overrides.
+SHARED = Path(os.environ.get("NCNC_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+PLANETOID = SHARED / "data" / "planetoid"

@@ -8,6 +8,8 @@ encoder is its ``GCN`` with ``puregcn`` or ``gcn`` convolutions, the predictors 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -15,6 +17,10 @@ from torch_geometric.nn import GCNConv
 
 from trainer.config import ModelConfig
 from triton_kernels import CSRGraph, neighbor_split, weighted_gather_sum, common_neighbor_sum
+
+
+# torch.sparse.mm over CSR is the fastest CPU propagation; its "beta" notice is noise for users.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
 def _layer_norm(dim: int, enabled: bool) -> nn.Module:

@@ -16,7 +16,7 @@ from ncnc.errors import InputError
 from trainer import data
 from trainer.data import IdMap, load_edge_list, load_planetoid, read_pairs
 
-PLANETOID = Path("/work/shared/data/planetoid")
+from tests.conftest import PLANETOID
 needs_cora = pytest.mark.skipif(
     not (PLANETOID / "Cora" / "raw").is_dir(), reason="Cora raw files not available"
 )

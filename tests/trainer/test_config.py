@@ -1,0 +1,40 @@
+"""trainer/config.py: defaults < dataset preset < TOML < flags."""
+
+import pytest
+
+from ncnc.errors import InputError
+from trainer.config import resolve_config
+
+
+def test_precedence_preset_then_toml_then_flags(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text("[model]\nxdp = 0.1\npredp = 0.2\n[train]\nepochs = 7\nprelr = 0.5\n")
+    cfg = resolve_config("ncnc", dataset="citeseer", config_file=toml,
+                         model_flags={"predp": 0.3, "hidden": None}, train_flags={"epochs": 9})
+    assert cfg.model.gnndp == 0.75  # preset
+    assert cfg.model.xdp == 0.1  # TOML over preset (0.4)
+    assert cfg.model.predp == 0.3  # flag over TOML
+    assert cfg.model.hidden == 256  # None flags are ignored
+    assert cfg.train.prelr == 0.5 and cfg.train.epochs == 9
+    assert cfg.model.twolayerlin is True  # CiteSeer preset
+
+
+def test_cora_preset_is_the_reference_command():
+    cfg = resolve_config("ncnc", dataset="Cora")
+    assert (cfg.model.xdp, cfg.model.tdp, cfg.model.preedp, cfg.model.probscale) == (0.7, 0.3, 0.4, 4.3)
+    assert (cfg.train.gnnlr, cfg.train.prelr, cfg.train.batch_size) == (0.0043, 0.0024, 1152)
+    assert (cfg.train.val_fraction, cfg.train.test_fraction) == (0.1, 0.2)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[model]\nxdpp = 1\n", "unknown setting"),
+    ("[model]\njk = 3\n", "jk must be true or false"),
+    ("[train]\nepochs = 'many'\n", "epochs must be a number"),
+    ("[optim]\nlr = 1\n", "unknown table"),
+    ("[model\n", "cannot read config"),
+])
+def test_bad_toml_is_rejected_with_the_reason(tmp_path, text, message):
+    toml = tmp_path / "bad.toml"
+    toml.write_text(text)
+    with pytest.raises(InputError, match=message):
+        resolve_config("ncn", config_file=toml)

@@ -1,0 +1,84 @@
+"""trainer/training.py: target link removal, featureless training, reproducibility."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pytest
+import torch
+
+from trainer.config import RunConfig, resolve_config
+from trainer.splits import EdgeSplit, random_edge_split
+from trainer.synthetic import community_graph
+from trainer.training import TrainingGraph, TrainingResult, train_model
+from triton_kernels import build_csr
+
+
+def test_target_link_removal_removes_exactly_the_batch_edges_both_directions():
+    edges = torch.tensor([[0, 1], [0, 2], [1, 2], [1, 3], [2, 3], [3, 4]])
+    training_graph = TrainingGraph(edges, 5)
+    batch = torch.tensor([1, 5])  # edges 0-2 and 3-4
+    without = training_graph.without(batch)
+    kept = edges[torch.tensor([0, 2, 3, 4])]
+    expected = build_csr(kept.t(), 5)
+    assert torch.equal(without.indptr, expected.indptr)
+    assert torch.equal(without.indices, expected.indices)
+    pairs = set(map(tuple, without.edge_index().t().tolist()))
+    assert (0, 2) not in pairs and (2, 0) not in pairs and (3, 4) not in pairs and (4, 3) not in pairs
+    assert len(pairs) == 2 * 4
+    # The full graph is untouched.
+    assert training_graph.graph.num_entries == 12
+
+
+class SmallRun(NamedTuple):
+    result: TrainingResult
+    split: EdgeSplit
+    config: RunConfig
+
+
+def small_run(model: str, seed: int, features: bool, epochs: int = 2):
+    graph = community_graph(300, avg_degree=6, num_communities=4,
+                            feature_dim=8 if features else 0, seed=3)
+    src = torch.tensor(graph.edges["src"].to_numpy())
+    dst = torch.tensor(graph.edges["dst"].to_numpy())
+    edges = torch.stack([src, dst], 1)
+    x = (torch.tensor(graph.features.drop("node").to_numpy()) if features else None)
+    cfg = resolve_config(
+        model,
+        model_flags={"num_nodes": 300, "in_features": 8 if features else 0, "hidden": 16,
+                     "probscale": 1.0, "proboffset": 0.0},
+        train_flags={"epochs": epochs, "batch_size": 64, "seed": seed},
+    )
+    split = random_edge_split(edges, 300, 0.1, 0.2, torch.Generator().manual_seed(seed))
+    return SmallRun(train_model(cfg, x, split, torch.device("cpu"), progress=False), split, cfg)
+
+
+def test_featureless_training_learns_the_embedding():
+    result = small_run("ncn", seed=0, features=False).result
+    embedding = result.model.encoder.embedding
+    assert embedding is not None and embedding.weight.shape == (300, 16)
+    torch.manual_seed(0)  # the same initialisation as the run
+    from trainer.model import LinkPredictionModel
+
+    fresh = LinkPredictionModel(result.model.cfg)
+    assert not torch.allclose(fresh.encoder.embedding.weight, embedding.weight)
+    assert len(result.history) == 2 and all(r.loss > 0 for r in result.history)
+
+
+@pytest.mark.parametrize("model", ["gae", "ncn", "ncnc"])
+def test_training_is_reproducible_with_a_seed(model):
+    first = small_run(model, seed=5, features=True).result
+    second = small_run(model, seed=5, features=True).result
+    other = small_run(model, seed=6, features=True).result
+    for name, value in first.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[name]), name
+    assert [r.loss for r in first.history] == [r.loss for r in second.history]
+    assert first.best_valid == second.best_valid
+    assert [r.loss for r in first.history] != [r.loss for r in other.history]
+
+
+def test_best_validation_epoch_weights_are_kept():
+    result = small_run("ncn", seed=1, features=True, epochs=4).result
+    best = max(result.history, key=lambda r: r.valid["hits@100"])
+    assert result.best_epoch == best.epoch  # first epoch reaching the maximum
+    assert result.best_valid == best.valid
