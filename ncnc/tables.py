@@ -1,0 +1,208 @@
+"""Node ids and user Parquet tables, shared by the trainer and the scorer.
+
+:class:`IdMap` turns the user's node ids (integers or strings) into contiguous indices and back;
+:func:`read_parquet_table` reads a user Parquet file or raises a one-line
+:class:`~ncnc.errors.InputError` naming the file, the column and the first bad values. Both stages
+read ids and tables through here, so the same bad input gets the same message everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from ncnc.errors import InputError
+
+EXAMPLES = 5  # how many bad values an error message quotes
+
+
+def examples(values: pl.Series | Iterable[object]) -> str:
+    """The first few values as ``a, b, c, ...`` for an error message."""
+    if isinstance(values, pl.Series):
+        values = values.head(EXAMPLES + 1)
+    values = list(values)
+    shown = ", ".join(repr(v) for v in values[:EXAMPLES])
+    return shown + (", ..." if len(values) > EXAMPLES else "")
+
+
+def id_kind(dtype: pl.DataType) -> str | None:
+    """``"integer"`` or ``"string"`` for a column that can hold node ids, else ``None``."""
+    if dtype.is_integer():
+        return "integer"
+    if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
+        return "string"
+    return None
+
+
+def as_id_series(values: pl.Series) -> pl.Series:
+    """Cast an id column to the canonical dtype of its kind (Int64 or String)."""
+    kind = id_kind(values.dtype)
+    if kind is None:
+        raise TypeError(f"node ids must be integers or strings, got dtype {values.dtype}")
+    return values.cast(pl.Int64 if kind == "integer" else pl.String, strict=True)
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """Index -> original node id.
+
+    ``ids[i]`` is the user's id of node ``i``; ``ids`` is a polars Series of dtype Int64 or String,
+    without nulls or duplicates. Build one with :meth:`from_ids`, which sorts the distinct ids, so
+    the same set of ids always gives the same indices.
+    """
+
+    ids: pl.Series
+
+    def __post_init__(self) -> None:
+        if self.ids.dtype not in (pl.Int64, pl.String):
+            raise TypeError(f"IdMap ids must be Int64 or String, got {self.ids.dtype}")
+        if self.ids.null_count() or self.ids.n_unique() != self.ids.len():
+            raise ValueError("IdMap ids must be distinct and not null")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, IdMap):
+            return NotImplemented
+        return self.ids.dtype == other.ids.dtype and self.ids.equals(other.ids)
+
+    @classmethod
+    def from_ids(cls, ids: pl.Series | Iterable[int] | Iterable[str]) -> IdMap:
+        """The map over the distinct values of ``ids``, in sorted order (integer or string ids)."""
+        series = ids if isinstance(ids, pl.Series) else pl.Series(list(ids))
+        series = as_id_series(series.drop_nulls())
+        return cls(series.unique().sort().rename("id"))
+
+    def __len__(self) -> int:
+        return self.ids.len()
+
+    @property
+    def is_string(self) -> bool:
+        """True when the original ids are strings, False when they are integers."""
+        return self.ids.dtype == pl.String
+
+    @property
+    def kind(self) -> str:
+        """``"string"`` or ``"integer"``, for error messages."""
+        return "string" if self.is_string else "integer"
+
+    def to_index(self, values: pl.Series, *, what: str) -> torch.Tensor:
+        """Map original ids to node indices (int64 tensor of the same length).
+
+        ``what`` names the input in errors, e.g. ``"pairs file x.parquet column src"``.
+
+        Raises:
+            InputError: the values are of the other id kind, or some are not in the map (the message
+                gives how many distinct ids are unknown and the first few).
+        """
+        kind = id_kind(values.dtype)
+        if values.dtype == pl.Null or values.len() == 0:
+            kind = self.kind  # an empty or all-null column carries no kind of its own
+        if kind != self.kind:
+            raise InputError(
+                f"{what}: ids are {kind or values.dtype} but the graph's node ids are {self.kind}"
+                f" (examples: {examples(values)})"
+            )
+        values = values.cast(self.ids.dtype)
+        index = values.replace_strict(
+            self.ids,
+            pl.int_range(len(self), dtype=pl.Int64, eager=True),
+            default=None,
+            return_dtype=pl.Int64,
+        )
+        unknown_rows = index.is_null()
+        if unknown_rows.any():
+            unknown = values.filter(unknown_rows).unique(maintain_order=True)
+            raise InputError(
+                f"{what}: {unknown.len()} id(s) are not nodes of the graph: {examples(unknown)}"
+            )
+        return torch.from_numpy(index.to_numpy().copy())
+
+    def to_original(self, index: torch.Tensor) -> pl.Series:
+        """Map node indices (any shape, flattened) back to the original ids."""
+        flat = index.detach().reshape(-1).to("cpu", torch.int64)
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= len(self)):
+            raise IndexError(
+                f"IdMap.to_original: indices must lie in [0, {len(self)}),"
+                f" got min {int(flat.min())} and max {int(flat.max())}"
+            )
+        return self.ids.gather(flat.numpy())
+
+    def save(self, path: Path) -> None:
+        """Write a Parquet file with columns ``index`` (Int64) and ``id``."""
+        frame = pl.DataFrame(
+            {"index": pl.int_range(len(self), dtype=pl.Int64, eager=True), "id": self.ids}
+        )
+        frame.write_parquet(path)
+
+    @classmethod
+    def load(cls, path: Path) -> IdMap:
+        """Read a file written by :meth:`save` (plain Parquet; nothing is unpickled)."""
+        frame = read_parquet_table(path, columns=["index", "id"], what="id map file")
+        what = f"id map file {path}"
+        if not frame["index"].dtype.is_integer() or id_kind(frame["id"].dtype) is None:
+            raise InputError(
+                f"{what}: column index must be integer and column id integer or string, got "
+                f"{frame['index'].dtype} and {frame['id'].dtype}"
+            )
+        frame = frame.sort("index")
+        expected = pl.int_range(frame.height, dtype=pl.Int64, eager=True)
+        bad = frame.filter(frame["index"].cast(pl.Int64) != expected)
+        if bad.height:
+            raise InputError(
+                f"{what} column index: must be 0..{frame.height - 1} exactly once each, found "
+                f"{examples(bad['index'])} out of place"
+            )
+        ids = as_id_series(frame["id"]).rename("id")
+        duplicated = ids.filter(ids.is_duplicated()).unique(maintain_order=True)
+        if duplicated.len():
+            raise InputError(
+                f"{what} column id: {duplicated.len()} id(s) appear more than once: "
+                f"{examples(duplicated)}"
+            )
+        return cls(ids)
+
+
+def read_parquet_table(path: Path, *, columns: Sequence[str] | None, what: str) -> pl.DataFrame:
+    """Read a user Parquet file, or raise a one-line :class:`InputError`.
+
+    Args:
+        path: the file.
+        columns: the columns to read, all required; ``None`` reads every column.
+        what: what the file is, for messages, e.g. ``"edges file"``.
+
+    Raises:
+        InputError: the file is missing, unreadable or not Parquet, lacks a column, or a column
+            holds nulls (the message names the file, the column and the first bad rows).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path}: no such file")
+    try:
+        schema = pl.read_parquet_schema(path)
+    except Exception as exc:  # polars raises several types for a file that is not Parquet
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{what} {path}: cannot be read as Parquet ({reason})") from exc
+    if columns is not None:
+        missing = [c for c in columns if c not in schema]
+        if missing:
+            raise InputError(
+                f"{what} {path}: missing column(s) {', '.join(missing)}"
+                f" (columns present: {', '.join(schema.names()) or 'none'})"
+            )
+    try:
+        frame = pl.read_parquet(path, columns=list(columns) if columns is not None else None)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{what} {path}: cannot be read as Parquet ({reason})") from exc
+    for name in frame.columns:
+        nulls = frame[name].is_null()
+        if nulls.any():
+            rows = nulls.arg_true()
+            raise InputError(
+                f"{what} {path} column {name}: {rows.len()} null value(s), in rows "
+                f"{examples(rows)}"
+            )
+    return frame
