@@ -62,6 +62,8 @@ class IdMap:
             raise TypeError(f"IdMap ids must be Int64 or String, got {self.ids.dtype}")
         if self.ids.null_count() or self.ids.n_unique() != self.ids.len():
             raise ValueError("IdMap ids must be distinct and not null")
+        # lookup() binary-searches sorted ids (from_ids sorts); other orders take a hash join.
+        object.__setattr__(self, "_sorted", bool(self.ids.is_sorted()))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, IdMap):
@@ -97,6 +99,27 @@ class IdMap:
             InputError: the values are of the other id kind, or some are not in the map (the message
                 gives how many distinct ids are unknown and the first few).
         """
+        index, known = self.lookup(values, what=what)
+        if not bool(known.all()):
+            unknown = values.filter(pl.Series(~known.numpy())).unique(maintain_order=True)
+            raise InputError(
+                f"{what}: {unknown.len()} id(s) are not nodes of the graph: {examples(unknown)}"
+            )
+        return index
+
+    def lookup(self, values: pl.Series, *, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map original ids to node indices without raising on unknown ids.
+
+        A binary search in the sorted ids, so the cost per call grows with ``len(values)`` only
+        (not with the size of the graph): batch jobs call it once per batch.
+
+        Returns:
+            ``(index, known)``: int64 and bool tensors of the same length as ``values``; ``index``
+            is -1 where ``known`` is False (an id that is not a node, or a null).
+
+        Raises:
+            InputError: the values are of the other id kind (``what`` names the input).
+        """
         kind = id_kind(values.dtype)
         if values.dtype == pl.Null or values.len() == 0:
             kind = self.kind  # an empty or all-null column carries no kind of its own
@@ -106,19 +129,17 @@ class IdMap:
                 f" (examples: {examples(values)})"
             )
         values = values.cast(self.ids.dtype)
-        index = values.replace_strict(
-            self.ids,
-            pl.int_range(len(self), dtype=pl.Int64, eager=True),
-            default=None,
-            return_dtype=pl.Int64,
-        )
-        unknown_rows = index.is_null()
-        if unknown_rows.any():
-            unknown = values.filter(unknown_rows).unique(maintain_order=True)
-            raise InputError(
-                f"{what}: {unknown.len()} id(s) are not nodes of the graph: {examples(unknown)}"
+        if self._sorted and len(self):
+            position = self.ids.search_sorted(values).clip(upper_bound=len(self) - 1)
+            found = (self.ids.gather(position) == values).fill_null(False)
+            index = pl.select(pl.when(found).then(position).otherwise(-1)).to_series()
+        else:
+            index = values.replace_strict(
+                self.ids, pl.int_range(len(self), dtype=pl.Int64, eager=True), default=-1,
+                return_dtype=pl.Int64,
             )
-        return torch.from_numpy(index.to_numpy().copy())
+        index = torch.from_numpy(index.cast(pl.Int64).fill_null(-1).to_numpy().copy())
+        return index, index >= 0
 
     def to_original(self, index: torch.Tensor) -> pl.Series:
         """Map node indices (any shape, flattened) back to the original ids."""

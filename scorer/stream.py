@@ -1,0 +1,263 @@
+"""Parquet in and out for batch jobs, in bounded memory.
+
+- :func:`expand_inputs` turns the user's paths (files, folders, globs) into an ordered file list.
+- :func:`inspect_pair_files` checks every file's schema up front (so one bad file among many fails
+  before any work) and counts the rows from the footers.
+- :func:`iter_pair_batches` streams ``src``, ``dst`` in batches of a fixed number of rows
+  (``pl.scan_parquet(...).collect_batches``: the fastest bounded reader we measured, see
+  docs/toolchain-notes.md), numbering rows globally across files.
+- :class:`AtomicParquetWriter` writes frames incrementally under a temporary name in the
+  destination folder and renames the file into place only when the whole job succeeded.
+
+Every problem with the user's files raises :class:`~ncnc.errors.InputError` naming the file, the
+column and the first bad values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ncnc.errors import InputError
+from ncnc.tables import examples, id_kind
+
+PAIR_COLUMNS = ("src", "dst")
+GLOB_CHARS = frozenset("*?[")
+
+
+def expand_inputs(paths: Iterable[Path | str]) -> list[Path]:
+    """The Parquet files named by ``paths``, in order.
+
+    Each path is a file (taken as is), a folder (its ``*.parquet`` files, sorted by name; names
+    starting with ``.`` or ``_`` are skipped, as Spark and Hive write markers there) or a glob
+    pattern (its matches, sorted). Files appear in the order the paths were given.
+
+    Raises:
+        InputError: a path does not exist, or a folder or pattern holds no Parquet file.
+    """
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.glob("*.parquet")
+                           if p.is_file() and not p.name.startswith((".", "_")))
+            if not found:
+                raise InputError(f"pairs folder {path}: holds no *.parquet file")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        elif GLOB_CHARS & set(str(raw)):
+            found = sorted(Path(p) for p in glob.glob(str(raw), recursive=True) if Path(p).is_file())
+            if not found:
+                raise InputError(f"pairs pattern {raw}: matches no file")
+            files.extend(found)
+        else:
+            raise InputError(f"pairs path {path}: no such file or folder")
+    if not files:
+        raise InputError("no pairs input given")
+    return files
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def inspect_pair_files(files: Sequence[Path], *, id_kind_expected: str) -> list[int]:
+    """Check that every file is Parquet with id columns ``src``, ``dst``; return its row counts.
+
+    Only footers are read. ``id_kind_expected`` is ``"integer"`` or ``"string"``, the kind of the
+    graph's node ids (:attr:`ncnc.tables.IdMap.kind`).
+
+    Raises:
+        InputError: a file is not Parquet, lacks ``src`` or ``dst``, or holds ids of another type.
+    """
+    counts = []
+    for path in files:
+        try:
+            schema = pl.read_parquet_schema(path)
+            rows = pq.read_metadata(path).num_rows
+        except Exception as exc:  # polars and pyarrow raise several types for a non-Parquet file
+            raise InputError(f"pairs file {path}: cannot be read as Parquet ({_reason(exc)})") from exc
+        missing = [c for c in PAIR_COLUMNS if c not in schema]
+        if missing:
+            raise InputError(
+                f"pairs file {path}: missing column(s) {', '.join(missing)}"
+                f" (columns present: {', '.join(schema.names()) or 'none'})"
+            )
+        for column in PAIR_COLUMNS:
+            kind = id_kind(schema[column])
+            if kind != id_kind_expected and schema[column] != pl.Null:
+                raise InputError(
+                    f"pairs file {path} column {column}: ids are {kind or schema[column]} but the "
+                    f"graph's node ids are {id_kind_expected}"
+                )
+        counts.append(rows)
+    return counts
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """A run of consecutive rows of one input file.
+
+    Attributes:
+        path: the file.
+        file_row: number (from 0) of the batch's first row within its file.
+        row: number (from 0) of the batch's first row over all inputs, in input order.
+        frame: columns ``src`` and ``dst`` as stored in the file.
+    """
+
+    path: Path
+    file_row: int
+    row: int
+    frame: pl.DataFrame
+
+    @property
+    def what(self) -> str:
+        """Where the batch comes from, for error messages."""
+        return f"pairs file {self.path}"
+
+
+def iter_pair_batches(files: Sequence[Path], batch_size: int) -> Iterator[PairBatch]:
+    """Stream ``src``, ``dst`` of ``files`` in order, ``batch_size`` rows at a time.
+
+    Batches never span two files; every batch but the last of each file has exactly
+    ``batch_size`` rows. Memory stays bounded by a few batches whatever the file sizes.
+
+    Raises:
+        InputError: a file cannot be decoded, or a batch holds nulls (rows are numbered within
+            the file).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    row = 0
+    for path in files:
+        file_row = 0
+        try:
+            batches = pl.scan_parquet(path).select(PAIR_COLUMNS).collect_batches(
+                chunk_size=batch_size, lazy=True)
+        except Exception as exc:
+            raise InputError(f"pairs file {path}: cannot be read as Parquet ({_reason(exc)})") from exc
+        while True:
+            try:
+                frame = next(batches)
+            except StopIteration:
+                break
+            except Exception as exc:
+                raise InputError(
+                    f"pairs file {path}: cannot be read as Parquet ({_reason(exc)})") from exc
+            if frame.height == 0:
+                continue
+            batch = PairBatch(path, file_row, row, frame)
+            check_no_nulls(frame, what=batch.what, first_row=file_row)
+            yield batch
+            file_row += frame.height
+            row += frame.height
+
+
+def check_no_nulls(frame: pl.DataFrame, *, what: str, first_row: int = 0) -> None:
+    """Raise :class:`InputError` naming the first column with nulls and its first null rows.
+
+    ``first_row`` is the number of the frame's first row in the input ``what`` names.
+    """
+    for name in frame.columns:
+        if frame[name].null_count():
+            rows = frame[name].is_null().arg_true() + first_row
+            raise InputError(
+                f"{what} column {name}: {rows.len()} null value(s), in rows {examples(rows)}"
+            )
+
+
+def refuse_overwriting(out: Path, inputs: Iterable[Path]) -> None:
+    """Raise :class:`InputError` when ``out`` is a folder or one of ``inputs``."""
+    if out.is_dir():
+        raise InputError(f"output {out}: is a folder; give a file name such as {out / 'out.parquet'}")
+    target = out.resolve()
+    for path in inputs:
+        if path.resolve() == target or (out.exists() and os.path.samefile(path, out)):
+            raise InputError(f"output {out}: is also an input; write the result elsewhere")
+
+
+class AtomicParquetWriter:
+    """Write polars frames to one Parquet file, all or nothing.
+
+    Rows go to ``.<name>.tmp-<pid>`` beside ``out`` (same folder, so the final rename is atomic)
+    through :class:`pyarrow.parquet.ParquetWriter`; small frames are gathered into row groups of
+    about ``row_group_rows`` rows. Leaving the ``with`` block normally renames the file to ``out``
+    (replacing an earlier one); leaving it by an exception deletes the temporary file, so ``out``
+    keeps whatever it held before.
+
+    Example::
+
+        with AtomicParquetWriter(out, schema) as writer:
+            for frame in frames:
+                writer.write(frame)
+    """
+
+    def __init__(self, out: Path, schema: pl.Schema | dict[str, pl.DataType], *,
+                 row_group_rows: int = 1 << 19, compression: str = "zstd") -> None:
+        self.out = Path(out)
+        self.schema = pl.Schema(schema)
+        self.temp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}"
+        self.row_group_rows = row_group_rows
+        self.compression = compression
+        self.rows_written = 0
+        self._pending: list[pl.DataFrame] = []
+        self._pending_rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> AtomicParquetWriter:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        arrow_schema = pl.DataFrame(schema=self.schema).to_arrow().schema
+        self._writer = pq.ParquetWriter(self.temp, arrow_schema, compression=self.compression)
+        return self
+
+    def write(self, frame: pl.DataFrame) -> None:
+        """Append ``frame`` (columns and dtypes exactly as ``schema``)."""
+        if frame.schema != self.schema:
+            raise ValueError(f"frame schema {frame.schema} differs from the file's {self.schema}")
+        if frame.height == 0:
+            return
+        self._pending.append(frame)
+        self._pending_rows += frame.height
+        if self._pending_rows >= self.row_group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        assert self._writer is not None, "write() outside the with block"
+        table: pa.Table = pl.concat(self._pending, rechunk=False).to_arrow()
+        # One row group per flush, except that a single huge frame is cut into several.
+        self._writer.write_table(table, row_group_size=2 * self.row_group_rows)
+        self.rows_written += table.num_rows
+        self._pending, self._pending_rows = [], 0
+
+    def _close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        committed = False
+        try:
+            if exc_type is None:
+                self._flush()
+                self._close()
+                os.replace(self.temp, self.out)
+                committed = True
+        finally:
+            if not committed:
+                with contextlib.suppress(Exception):
+                    self._close()
+                self.temp.unlink(missing_ok=True)

@@ -1,0 +1,142 @@
+"""Parquet streaming: input expansion, bounded batches equal one in-memory read, atomic output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from ncnc.errors import InputError
+from scorer.stream import (
+    AtomicParquetWriter,
+    expand_inputs,
+    inspect_pair_files,
+    iter_pair_batches,
+    refuse_overwriting,
+)
+from tests.scorer.conftest import random_pairs
+
+
+def test_expand_inputs_keeps_given_order_and_sorts_folders_and_globs(tmp_path, write_pairs,
+                                                                     string_ids):
+    frame = random_pairs(string_ids, 3)
+    b = write_pairs(frame, "b.parquet")
+    a = write_pairs(frame, "a.parquet")
+    d2 = write_pairs(frame, "d/2.parquet")
+    d1 = write_pairs(frame, "d/1.parquet")
+    write_pairs(frame, "d/_SUCCESS.parquet")  # markers and hidden files are not data
+    write_pairs(frame, "d/.hidden.parquet")
+    (tmp_path / "d" / "notes.txt").write_text("not parquet")
+    g2 = write_pairs(frame, "g/x2.parquet")
+    g1 = write_pairs(frame, "g/x1.parquet")
+    found = expand_inputs([b, a, tmp_path / "d", str(tmp_path / "g" / "x*.parquet")])
+    assert found == [b, a, d1, d2, g1, g2]
+
+
+@pytest.mark.parametrize("path, message", [
+    ("missing.parquet", "no such file or folder"),
+    ("empty_dir", "holds no *.parquet file"),
+    ("nothing*.parquet", "matches no file"),
+])
+def test_expand_inputs_names_what_is_missing(tmp_path, path, message):
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(InputError, match=message.replace("*", r"\*")):
+        expand_inputs([tmp_path / path])
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 7, 64, 1000])
+def test_streamed_batches_equal_one_in_memory_read(write_pairs, string_ids, batch_size):
+    # Row groups of 7 and batch sizes that do not divide the row counts (61, 0, 30).
+    frames = [random_pairs(string_ids, 61, seed=1), random_pairs(string_ids, 0, seed=2),
+              random_pairs(string_ids, 30, seed=3)]
+    files = [write_pairs(f, f"p{k}.parquet", row_group_size=7) for k, f in enumerate(frames)]
+    batches = list(iter_pair_batches(files, batch_size))
+    assert pl.concat([b.frame for b in batches]).equals(pl.concat(frames))
+    assert all(b.frame.height <= batch_size for b in batches)
+    # Global row numbers follow input order; file row numbers restart per file.
+    assert [b.row for b in batches] == [sum(x.frame.height for x in batches[:i])
+                                        for i in range(len(batches))]
+    for path in files:
+        own = [b for b in batches if b.path == path]
+        assert [b.file_row for b in own] == [sum(x.frame.height for x in own[:i])
+                                             for i in range(len(own))]
+    first_file = [b.frame.height for b in batches if b.path == files[0]]
+    assert all(h == batch_size for h in first_file[:-1])  # only a file's last batch is short
+
+
+def test_nulls_are_reported_with_file_row_numbers(write_pairs):
+    frame = pl.DataFrame({"src": ["a"] * 10, "dst": ["b"] * 8 + [None, None]})
+    path = write_pairs(frame, "nulls.parquet", row_group_size=3)
+    with pytest.raises(InputError, match=r"nulls.parquet column dst: 2 null value\(s\), in rows 8, 9"):
+        list(iter_pair_batches([path], 4))
+
+
+def test_inspect_counts_rows_and_rejects_bad_files(tmp_path, write_pairs, string_ids):
+    good = write_pairs(random_pairs(string_ids, 12), "good.parquet", row_group_size=5)
+    assert inspect_pair_files([good, good], id_kind_expected="string") == [12, 12]
+    no_dst = write_pairs(pl.DataFrame({"src": ["a"], "target": ["b"]}), "no_dst.parquet")
+    floats = write_pairs(pl.DataFrame({"src": [1.5], "dst": [2.5]}), "floats.parquet")
+    text = tmp_path / "text.parquet"
+    text.write_text("src,dst\na,b\n")
+    with pytest.raises(InputError, match=r"no_dst.parquet: missing column\(s\) dst"):
+        inspect_pair_files([good, no_dst], id_kind_expected="string")
+    with pytest.raises(InputError, match="floats.parquet column src: ids are Float64"):
+        inspect_pair_files([floats], id_kind_expected="integer")
+    with pytest.raises(InputError, match="good.parquet column src: ids are string but the "
+                                         "graph's node ids are integer"):
+        inspect_pair_files([good], id_kind_expected="integer")
+    with pytest.raises(InputError, match="text.parquet: cannot be read as Parquet"):
+        inspect_pair_files([text], id_kind_expected="string")
+
+
+def test_refuse_overwriting_an_input_or_a_folder(tmp_path, write_pairs, string_ids):
+    path = write_pairs(random_pairs(string_ids, 3), "in.parquet")
+    with pytest.raises(InputError, match="is also an input"):
+        refuse_overwriting(tmp_path / "." / "in.parquet", [path])
+    with pytest.raises(InputError, match="is a folder"):
+        refuse_overwriting(tmp_path, [path])
+    refuse_overwriting(tmp_path / "out.parquet", [path])
+
+
+SCHEMA = {"a": pl.Int64(), "b": pl.String()}
+
+
+def test_atomic_writer_writes_all_frames_in_row_groups(tmp_path):
+    out = tmp_path / "sub" / "out.parquet"
+    frames = [pl.DataFrame({"a": list(range(k, k + 5)), "b": ["x"] * 5}, schema=SCHEMA)
+              for k in range(0, 50, 5)]
+    with AtomicParquetWriter(out, SCHEMA, row_group_rows=12) as writer:
+        for frame in frames:
+            writer.write(frame)
+        assert not out.exists()
+    assert pl.read_parquet(out).equals(pl.concat(frames))
+    assert writer.rows_written == 50
+    import pyarrow.parquet as pq
+    assert pq.ParquetFile(out).metadata.num_row_groups == 4  # 15 + 15 + 15 + 5 rows
+    assert [p.name for p in out.parent.iterdir()] == ["out.parquet"]
+
+
+def test_atomic_writer_empty_output_has_the_schema(tmp_path):
+    with AtomicParquetWriter(tmp_path / "out.parquet", SCHEMA):
+        pass
+    assert pl.read_parquet(tmp_path / "out.parquet").schema == pl.Schema(SCHEMA)
+
+
+def test_atomic_writer_failure_keeps_the_earlier_output(tmp_path):
+    out = tmp_path / "out.parquet"
+    earlier = pl.DataFrame({"a": [1], "b": ["old"]})
+    earlier.write_parquet(out)
+    with pytest.raises(RuntimeError, match="boom"):
+        with AtomicParquetWriter(out, SCHEMA, row_group_rows=1) as writer:
+            writer.write(pl.DataFrame({"a": [2, 3], "b": ["new", "new"]}))
+            raise RuntimeError("boom")
+    assert pl.read_parquet(out).equals(earlier)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
+
+
+def test_atomic_writer_rejects_another_schema(tmp_path):
+    with pytest.raises(ValueError, match="differs"):
+        with AtomicParquetWriter(tmp_path / "out.parquet", SCHEMA) as writer:
+            writer.write(pl.DataFrame({"a": [1.0], "b": ["x"]}))
+    assert not any(Path(tmp_path).iterdir())
