@@ -105,5 +105,79 @@ def evaluate(checkpoint: Path, pos: Path | None, neg: Path | None, device: str) 
     click.echo(json.dumps(run_evaluate(checkpoint, pos, neg, device)))
 
 
+
+@cli.command()
+@click.option("--checkpoint", type=EXISTING_DIR, required=True, help="Checkpoint directory.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Bundle directory to write (an earlier bundle there is replaced on success).")
+@click.option("--edges", type=EXISTING_FILE,
+              help="A newer graph snapshot (src, dst) in the checkpoint's id space.")
+@_user_errors_exit_2
+def export(checkpoint: Path, out: Path, edges: Path | None) -> None:
+    """Export a checkpoint into a validated, self-contained scoring bundle."""
+    from exporter import export_bundle
+
+    manifest = export_bundle(checkpoint, out, edges)
+    click.echo(json.dumps({"bundle": str(out), "parity": manifest["parity"]}))
+
+
+@cli.command(context_settings={"show_default": True})
+@click.option("--bundle", type=EXISTING_DIR, required=True, help="Bundle directory (ncnc export).")
+@click.option("--pairs", "pairs", multiple=True, required=True, metavar="PATH [PATH ...]",
+              help="Parquet pairs (src, dst): files, folders (their *.parquet, sorted) or quoted "
+                   "glob patterns; several may follow one --pairs.")
+@click.argument("more_pairs", nargs=-1, metavar="")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Parquet file to write (src, dst, score, prob[, rank]); replaced on success.")
+@click.option("--top-k", type=click.IntRange(min=1),
+              help="Keep only the K best pairs (ties: earlier input row first) and add rank.")
+@click.option("--per-source", is_flag=True, help="With --top-k: the K best of each src node.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=65536,
+              help="Pairs read and scored at a time.")
+@click.option("--device", type=DEVICE, default="auto")
+@click.option("--on-unknown", type=click.Choice(["error", "skip"]), default="error",
+              help="What to do with ids that are not nodes of the graph.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the run report (rows, skips, time, pairs/s, peak memory) as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_user_errors_exit_2
+def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out: Path,
+          top_k: int | None, per_source: bool, batch_size: int, device: str, on_unknown: str,
+          report: Path | None, quiet: bool) -> None:
+    """Score candidate pairs from Parquet into Parquet, streaming; print the report as JSON."""
+    from scorer.job import ScoreRequest, score_pairs
+
+    if per_source and top_k is None:
+        raise click.UsageError("--per-source needs --top-k")
+    click.echo(json.dumps(score_pairs(ScoreRequest(
+        bundle=bundle, pairs=[*pairs, *more_pairs], out=out, top_k=top_k, per_source=per_source,
+        batch_size=batch_size, device=device, on_unknown=on_unknown, report=report,
+        progress=not quiet,
+    ))))
+
+
+@cli.command()
+@click.option("--bundle", type=EXISTING_DIR, required=True, help="Bundle directory (ncnc export).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Parquet file to write (src, dst[, common_neighbors]); replaced on success.")
+@click.option("--nodes", type=EXISTING_FILE,
+              help="Parquet file whose column node lists the sources (default: every node, each "
+                   "unordered pair once with src < dst).")
+@click.option("--max-per-node", type=click.IntRange(min=1),
+              help="Keep the N candidates with the most common neighbours per src.")
+@click.option("--common-neighbors/--no-common-neighbors", default=True, show_default=True,
+              help="Write the common_neighbors count column.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_user_errors_exit_2
+def candidates(bundle: Path, out: Path, nodes: Path | None, max_per_node: int | None,
+               common_neighbors: bool, quiet: bool) -> None:
+    """Write the non-adjacent node pairs two hops apart (the pairs worth scoring)."""
+    from scorer.candidates import write_candidates
+
+    click.echo(json.dumps(write_candidates(
+        bundle, out, nodes=nodes, max_per_node=max_per_node, common_neighbors=common_neighbors,
+        progress=not quiet,
+    )))
+
 def main() -> None:
     cli(prog_name="ncnc")
