@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from torch_geometric.nn import GCNConv
 
 from trainer.config import ModelConfig
-from triton_kernels import CSRGraph, neighbor_split, weighted_gather_sum, common_neighbor_sum
+from triton_kernels import CSRGraph, common_neighbor_sum
+from triton_kernels.completion import Calibration, completed_common_neighbor_sum
 
 
 # torch.sparse.mm over CSR is the fastest CPU propagation; its "beta" notice is noise for users.
@@ -141,6 +142,7 @@ class PairPredictor(nn.Module):
         d, p, ln = cfg.hidden, cfg.predp, cfg.ln_predictor
         self.cfg = cfg
         self.uses_cn = cfg.model != "gae"
+        self.calibration = Calibration(cfg.probscale, cfg.proboffset, cfg.pt, cfg.alpha)
         tail = [nn.Identity()] if cfg.tailact else [nn.Linear(d, d)]
         self.xijlin = nn.Sequential(nn.Linear(d, d), _layer_norm(d, ln), nn.Dropout(p), nn.ReLU(), *tail)
         two = (
@@ -177,12 +179,6 @@ class PairPredictor(nn.Module):
             return self.lin(self.xijlin(xij)).squeeze(-1)
         return self.lin(self.xcnlin(cn) * self.beta + self.xijlin(xij)).squeeze(-1)
 
-    def calibrate(self, logits: Tensor) -> Tensor:
-        """``alpha * pt * s / (pt * s + 1 - s)`` with ``s = sigmoid(probscale * (z - proboffset))``."""
-        c = self.cfg
-        s = torch.sigmoid(c.probscale * (logits - c.proboffset))
-        return c.alpha * c.pt * s / (c.pt * s + 1 - s)
-
     def forward(self, h: Tensor, graph: CSRGraph, pairs: Tensor, depth: int | None = None) -> Tensor:
         depth = self.depth if depth is None else depth
         xij = h[pairs[:, 0]] * h[pairs[:, 1]]
@@ -201,30 +197,16 @@ class PairPredictor(nn.Module):
         # Training redraws the capped samples each step (the reference samples with torch.rand);
         # evaluation uses the fixed, documented hash rule so scores are reproducible.
         seed = int(torch.randint(0, 2**31 - 1, (1,))) if self.training else self.cfg.cap_seed
-        split = neighbor_split(graph.indptr, graph.indices, pairs, cap, seed)
-        cn = weighted_gather_sum(split.common.offsets, split.common.members, split.common.weights, x)
-        inner_i = torch.stack([pairs[split.only_i.segment_ids(), 1], split.only_i.members], 1)
-        inner_j = torch.stack([pairs[split.only_j.segment_ids(), 0], split.only_j.members], 1)
-        with torch.no_grad():
+
+        def inner_logits(inner_pairs: Tensor) -> Tensor:
             # Fidelity: like the reference, the inner call receives the transformed x~ and its
             # own forward applies x~ + xlin(x~) (and edge dropout while training) once more.
-            probs = self.calibrate(self._inner_logits(x, graph, torch.cat([inner_i, inner_j]), depth - 1))
-        p_i, p_j = probs.split([inner_i.size(0), inner_j.size(0)])
-        cn = cn + weighted_gather_sum(
-            split.only_i.offsets, split.only_i.members, p_i * split.only_i.weights, x
-        )
-        return cn + weighted_gather_sum(
-            split.only_j.offsets, split.only_j.members, p_j * split.only_j.weights, x
-        )
+            return self.forward(x, graph, inner_pairs, depth - 1)
 
-    def _inner_logits(self, x: Tensor, graph: CSRGraph, pairs: Tensor, depth: int) -> Tensor:
-        """Logits of the completion pairs, each distinct pair computed once."""
-        if pairs.numel() == 0:
-            return torch.zeros(0, dtype=x.dtype, device=x.device)
-        if depth == 0:  # NCN is symmetric in (a, b): (a, b) and (b, a) share one computation
-            pairs = torch.sort(pairs, dim=1).values
-        unique, inverse = torch.unique(pairs, dim=0, return_inverse=True)
-        return self.forward(x, graph, unique, depth)[inverse]
+        return completed_common_neighbor_sum(
+            graph.indptr, graph.indices, x, pairs, inner_logits, self.calibration, cap, seed,
+            symmetric_inner=depth == 1,  # NCN is symmetric in (a, b)
+        )
 
 
 class LinkPredictionModel(nn.Module):

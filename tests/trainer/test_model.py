@@ -82,7 +82,7 @@ def test_ncnc_completes_with_calibrated_inner_probabilities(graph, h):
     pred = predictor("ncnc")
     cn = captured_cn(pred, h, graph, torch.tensor([[0, 4]]))
     inner = pred(h, graph, torch.tensor([[4, 1], [4, 2], [0, 3]]), depth=0)
-    p = pred.calibrate(inner)
+    p = pred.calibration(inner)
     assert (p > 0.05).all()
     expected = p[0] * h[1] + p[1] * h[2] + p[2] * h[3]
     torch.testing.assert_close(cn, expected.unsqueeze(0))
@@ -94,7 +94,7 @@ def test_ncnc_inner_call_transforms_the_table_again(graph, h):
     pred = PairPredictor(dataclasses.replace(base.cfg, use_xlin=True)).eval()
     cn = captured_cn(pred, h, graph, torch.tensor([[0, 4]]))
     x = pred.transform(h)
-    p = pred.calibrate(pred(x, graph, torch.tensor([[4, 1], [4, 2], [0, 3]]), depth=0))
+    p = pred.calibration(pred(x, graph, torch.tensor([[4, 1], [4, 2], [0, 3]]), depth=0))
     torch.testing.assert_close(cn, (p[0] * x[1] + p[1] * x[2] + p[2] * x[3]).unsqueeze(0))
 
 
@@ -102,7 +102,7 @@ def test_ncnc_with_common_neighbours_keeps_them_at_weight_one(graph, h):
     # Pair (0, 3): common {1, 2}; N(0) \ N(3) = {} ; N(3) \ N(0) = {4} completed via pair (0, 4).
     pred = predictor("ncnc")
     cn = captured_cn(pred, h, graph, torch.tensor([[0, 3]]))
-    p = pred.calibrate(pred(h, graph, torch.tensor([[0, 4]]), depth=0))
+    p = pred.calibration(pred(h, graph, torch.tensor([[0, 4]]), depth=0))
     torch.testing.assert_close(cn, (h[1] + h[2] + p[0] * h[4]).unsqueeze(0))
 
 
@@ -112,7 +112,7 @@ def test_ncnc_cap_reweights_the_drawn_member(graph, h):
     cn = captured_cn(pred, h, graph, torch.tensor([[0, 4]]))
     candidates = []
     for drawn in (1, 2):
-        p = pred.calibrate(pred(h, graph, torch.tensor([[4, drawn], [0, 3]]), depth=0))
+        p = pred.calibration(pred(h, graph, torch.tensor([[4, drawn], [0, 3]]), depth=0))
         candidates.append(2 * p[0] * h[drawn] + p[1] * h[3])
     assert any(torch.allclose(cn[0], c, atol=1e-6) for c in candidates)
     torch.testing.assert_close(cn, captured_cn(pred, h, graph, torch.tensor([[0, 4]])))
@@ -121,10 +121,10 @@ def test_ncnc_cap_reweights_the_drawn_member(graph, h):
 def test_calibration_matches_the_formula_by_hand():
     pred = predictor("ncnc", alpha=1.0, pt=0.5, probscale=1.0, proboffset=0.0)
     # z = 0: s = 1/2, p = 0.5 * 0.5 / (0.25 + 0.5) = 1/3
-    torch.testing.assert_close(pred.calibrate(torch.tensor([0.0])), torch.tensor([1 / 3]))
+    torch.testing.assert_close(pred.calibration(torch.tensor([0.0])), torch.tensor([1 / 3]))
     pred = predictor("ncnc", alpha=0.4, pt=0.75, probscale=2.0, proboffset=1.0)
     s = torch.sigmoid(torch.tensor(2.0 * (3.0 - 1.0)))
-    torch.testing.assert_close(pred.calibrate(torch.tensor([3.0])),
+    torch.testing.assert_close(pred.calibration(torch.tensor([3.0])),
                                (0.4 * 0.75 * s / (0.75 * s + 1 - s)).reshape(1))
 
 

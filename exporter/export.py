@@ -1,0 +1,266 @@
+"""Checkpoint -> bundle: run the encoder once, export the head, validate, write atomically.
+
+Validation follows huggingface/optimum's ONNX exporter and goes further: before the manifest is
+written, >= 10,000 pairs (half of them with common neighbours) are scored through the bundle's
+ONNX path (the real batch engine) and its ``torch.export`` program, at batch sizes other than the
+traced one, and compared with the eager model. The measured max abs differences and the tolerance
+go into the manifest; above the tolerance the export fails and leaves no bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ncnc.errors import InputError
+from scorer.bundle import (
+    PROGRAM_FILE,
+    HEAD_FILE,
+    Bundle,
+    ScoringSpec,
+    write_arrays,
+    write_manifest,
+)
+from scorer.engine import BatchScorer
+from scorer.pair_scoring import pair_logits
+from trainer.checkpoint import Checkpoint, library_versions, load_checkpoint
+from trainer.data import load_edge_list
+from trainer.model import PairPredictor
+from triton_kernels import CSRGraph, build_csr
+
+log = logging.getLogger("ncnc.exporter")
+
+
+class ExportValidationError(RuntimeError):
+    """The exported bundle does not reproduce the eager model within tolerance."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 20
+    validation_pairs: int = 10_000
+    atol: float = 1e-4
+    onnx_batch_size: int = 997  # validation batch sizes differ from the traced example (64)
+    program_batch_size: int = 1_531
+    trace_batch_size: int = 64
+    seed: int = 0
+
+
+class HeadModule(nn.Module):
+    """``(cn, xij) -> logits``; GAE's head takes ``xij`` only."""
+
+    def __init__(self, predictor: PairPredictor) -> None:
+        super().__init__()
+        self.predictor = predictor
+
+    def forward(self, cn: Tensor, xij: Tensor) -> Tensor:
+        return self.predictor.head(cn, xij)
+
+
+class GaeHeadModule(HeadModule):
+    def forward(self, xij: Tensor) -> Tensor:  # type: ignore[override]
+        return self.predictor.head(xij, xij)
+
+
+class PairProgram(nn.Module):
+    """The whole pair scorer, for ``torch.export``: ``(indptr, indices, *levels, pairs)``."""
+
+    def __init__(self, spec: ScoringSpec, predictor: PairPredictor) -> None:
+        super().__init__()
+        self.spec = spec
+        self.predictor = predictor
+
+    def forward(self, indptr: Tensor, indices: Tensor, pairs: Tensor, *levels: Tensor) -> Tensor:
+        return pair_logits(self.spec, lambda cn, xij: self.predictor.head(cn, xij), indptr,
+                           indices, list(levels), pairs)
+
+
+def export_bundle(
+    checkpoint: Path,
+    out: Path,
+    edges: Path | None = None,
+    config: ExportConfig = ExportConfig(),
+) -> dict[str, Any]:
+    """Write a validated bundle directory at ``out`` (replacing an earlier one only on success)."""
+    started = time.perf_counter()
+    ck = load_checkpoint(checkpoint, "cpu")
+    graph = _inference_graph(ck, edges)
+    spec = _spec(ck)
+    predictor = ck.model.predictor.eval()
+    with torch.no_grad():
+        h = ck.model.encoder(ck.features, graph)
+        levels = [h]
+        for _ in range(spec.num_levels - 1):
+            levels.append(predictor.transform(levels[-1]))
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        write_arrays(staging, graph, levels, ck.id_map)
+        _export_onnx(predictor, spec, staging / HEAD_FILE, config)
+        _export_program(predictor, spec, graph, levels, staging / PROGRAM_FILE, config)
+        parity = _validate(ck, predictor, spec, graph, levels, h, staging, config)
+        manifest = write_manifest(staging, spec, {
+            "exported_from": str(checkpoint),
+            "graph_source": str(edges) if edges else "checkpoint (training + validation edges)",
+            "num_edges": graph.num_entries // 2,
+            "opset": config.opset,
+            "parity": parity,
+            "versions": {**library_versions(), **_runtime_versions()},
+            "export_seconds": round(time.perf_counter() - started, 2),
+        })
+        _replace_directory(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _inference_graph(ck: Checkpoint, edges: Path | None) -> CSRGraph:
+    """The checkpoint's training + validation edges, or a refreshed snapshot in the same ids."""
+    n = ck.config.model.num_nodes
+    if edges is None:
+        known = torch.cat([ck.split.train, ck.split.valid])
+        return build_csr(known.t(), n)
+    snapshot = load_edge_list(edges)
+    original = snapshot.id_map.to_original(snapshot.edges)
+    index = ck.id_map.to_index(
+        original, what=f"edges file {edges} (a node the model cannot embed: not in its id map)"
+    ).view(-1, 2)
+    return build_csr(index.t(), n)
+
+
+def _spec(ck: Checkpoint) -> ScoringSpec:
+    m = ck.config.model
+    return ScoringSpec(
+        model=m.model, depth=m.depth if m.model == "ncnc" else 0, hidden=m.hidden,
+        num_nodes=m.num_nodes, probscale=m.probscale, proboffset=m.proboffset, pt=m.pt,
+        alpha=m.alpha, cap=m.test_cap, cap_seed=m.cap_seed,
+    )
+
+
+def _export_onnx(predictor: PairPredictor, spec: ScoringSpec, path: Path,
+                 config: ExportConfig) -> None:
+    batch = torch.export.Dim("num_pairs", min=1)
+    # Two distinct example tensors: passing one tensor twice makes the tracer alias the inputs.
+    cn, xij = torch.randn(2, config.trace_batch_size, spec.hidden)
+    if spec.model == "gae":
+        module, args, names = GaeHeadModule(predictor), (xij,), ["xij"]
+        dynamic = {"xij": {0: batch}}
+    else:
+        module, args, names = HeadModule(predictor), (cn, xij), ["cn", "xij"]
+        dynamic = {"cn": {0: batch}, "xij": {0: batch}}
+    program = torch.onnx.export(
+        module.eval(), args, dynamo=True, opset_version=config.opset, input_names=names,
+        output_names=["logit"], dynamic_shapes=dynamic, verbose=False,
+    )
+    program.save(str(path))
+
+
+def _export_program(predictor: PairPredictor, spec: ScoringSpec, graph: CSRGraph,
+                    levels: list[Tensor], path: Path, config: ExportConfig) -> None:
+    module = PairProgram(spec, predictor).eval()
+    # torch.export saves its example inputs in the program: trace on a small sub-graph so the
+    # file holds weights only, not a copy of the node tables.
+    graph, levels = _example_subgraph(graph, levels)
+    pairs = _validation_pairs(graph, config.trace_batch_size, config.seed + 1)
+    dims = {"indptr": {0: torch.export.Dim("nodes_plus_one", min=2)},
+            "indices": {0: torch.export.Dim("entries", min=2)},
+            "pairs": {0: torch.export.Dim("num_pairs", min=1)},
+            "levels": tuple({0: torch.export.Dim(f"nodes{k}", min=2)} for k in range(len(levels)))}
+    exported = torch.export.export(module, (graph.indptr, graph.indices, pairs, *levels),
+                                   dynamic_shapes=dims, strict=False)
+    torch.export.save(exported, str(path))
+
+
+def _example_subgraph(graph: CSRGraph, levels: list[Tensor],
+                      nodes: int = 64) -> tuple[CSRGraph, list[Tensor]]:
+    nodes = min(nodes, graph.num_nodes)
+    edge_index = graph.edge_index()
+    inside = (edge_index < nodes).all(0)
+    return build_csr(edge_index[:, inside], nodes), [t[:nodes].clone() for t in levels]
+
+
+def _validation_pairs(graph: CSRGraph, count: int, seed: int) -> Tensor:
+    """Half random pairs, half pairs with at least one common neighbour (two neighbours of u)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = graph.num_nodes
+    random_pairs = torch.randint(0, n, (count - count // 2, 2), generator=gen)
+    degree = graph.degree()
+    hubs = torch.nonzero(degree >= 2).flatten()
+    if hubs.numel() == 0:
+        return torch.randint(0, n, (count, 2), generator=gen)
+    u = hubs[torch.randint(0, hubs.numel(), (count // 2,), generator=gen)]
+    start, deg = graph.indptr[u], degree[u]
+    a = graph.indices[start + (torch.rand(u.numel(), generator=gen) * deg).long()]
+    b = graph.indices[start + (torch.rand(u.numel(), generator=gen) * deg).long()]
+    return torch.cat([random_pairs, torch.stack([a, b], 1).long()])
+
+
+def _validate(ck: Checkpoint, predictor: PairPredictor, spec: ScoringSpec, graph: CSRGraph,
+              levels: list[Tensor], h: Tensor, staging: Path,
+              config: ExportConfig) -> dict[str, Any]:
+    pairs = _validation_pairs(graph, config.validation_pairs, config.seed)
+    with torch.no_grad():
+        eager = torch.cat([predictor(h, graph, p) for p in pairs.split(4096)])
+    bundle = Bundle(path=staging, manifest={}, spec=spec, graph=graph, levels=levels,
+                    id_map=ck.id_map)
+    scorer = BatchScorer(bundle, device="cpu")
+    onnx_logits = torch.cat([scorer.score_logits(p) for p in pairs.split(config.onnx_batch_size)])
+    program = torch.export.load(str(staging / PROGRAM_FILE)).module()
+    with torch.no_grad():
+        program_logits = torch.cat([
+            program(graph.indptr, graph.indices, p, *levels)
+            for p in pairs.split(config.program_batch_size)
+        ])
+    with_cn = int((_common_counts(graph, pairs) > 0).sum())
+    parity = {
+        "pairs": int(pairs.size(0)),
+        "pairs_with_common_neighbors": with_cn,
+        "onnx_max_abs_diff": float((onnx_logits - eager).abs().max()),
+        "torch_export_max_abs_diff": float((program_logits - eager).abs().max()),
+        "atol": config.atol,
+        "batch_sizes": {"onnx": config.onnx_batch_size, "torch_export": config.program_batch_size,
+                        "traced": config.trace_batch_size},
+    }
+    failures = [f"{name} max abs diff {parity[key]:.3g} > {config.atol:g}"
+                for name, key in (("ONNX", "onnx_max_abs_diff"),
+                                  ("torch.export", "torch_export_max_abs_diff"))
+                if not parity[key] <= config.atol]
+    if failures:
+        raise ExportValidationError("export validation failed: " + "; ".join(failures))
+    log.info("parity: %s", parity)
+    return parity
+
+
+def _common_counts(graph: CSRGraph, pairs: Tensor) -> Tensor:
+    from triton_kernels import common_neighbor_sum
+
+    _, counts = common_neighbor_sum(graph.indptr, graph.indices,
+                                    torch.zeros(graph.num_nodes, 1), pairs)
+    return counts
+
+
+def _runtime_versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__}
+
+
+def _replace_directory(staging: Path, out: Path) -> None:
+    """Move the finished bundle into place; an earlier bundle is replaced only now."""
+    if out.exists() and not (out / "manifest.json").exists() and any(out.iterdir()):
+        raise InputError(f"--out {out} exists and is not an ncnc bundle; refusing to replace it")
+    backup = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(backup)
+    staging.rename(out)
+    shutil.rmtree(backup, ignore_errors=True)

@@ -1,0 +1,202 @@
+"""The bundle: a self-contained directory an exported model is scored from.
+
+Files (every one listed in the manifest with its sha256):
+
+====================  =============================================================================
+``manifest.json``     format tag and version, what inference needs (model kind, depth, hidden
+                      width, node count, calibration, cap), sha256 of every file, library
+                      versions, the export's parity figures
+``graph.safetensors`` the CSR graph the common-neighbour step reads: ``indptr`` [n+1] int64,
+                      ``indices`` [nnz] int64, rows sorted
+``tables.safetensors``the node tables the head reads: ``level0`` = encoder output ``h``,
+                      ``level{k+1}`` = ``level{k} + xlin(level{k})`` (``x~`` of the paper)
+``id_map.parquet``    node index -> original id (columns ``index``, ``id``)
+``head.onnx``         the pair head ``(cn [B, d], xij [B, d]) -> logit [B]`` (GAE: ``xij`` only),
+                      dynamic batch axis ``num_pairs``
+``program.pt2``       ``torch.export`` program of the whole pair scorer, common-neighbour custom
+                      ops included: ``(indptr, indices, level0.., pairs) -> logits``
+====================  =============================================================================
+
+Format-version rule: ``format_version`` changes whenever a file's meaning or layout changes; a
+reader refuses versions it does not know instead of guessing.
+Loading never unpickles: JSON, safetensors, Parquet and ONNX only (``program.pt2`` is loaded only
+on request, with ``torch.export.load``, which reads weights without pickle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ncnc.errors import InputError
+from ncnc.tables import IdMap
+from triton_kernels import CSRGraph
+from triton_kernels.completion import Calibration
+
+BUNDLE_FORMAT = "ncnc-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+GRAPH_FILE = "graph.safetensors"
+TABLES_FILE = "tables.safetensors"
+ID_MAP_FILE = "id_map.parquet"
+HEAD_FILE = "head.onnx"
+PROGRAM_FILE = "program.pt2"
+
+
+class BundleError(InputError):
+    """The bundle is missing, changed since export, or of an unknown format."""
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """What inference needs to know about the model, beyond its weights."""
+
+    model: str  # gae | ncn | ncnc
+    depth: int  # NCNC completion depth (0 for gae / ncn)
+    hidden: int
+    num_nodes: int
+    probscale: float = 0.0
+    proboffset: float = 0.0
+    pt: float = 0.0
+    alpha: float = 0.0
+    cap: int = -1  # cap on each completion set (the model's test cap)
+    cap_seed: int = 0  # salt of the capped draws
+
+    @property
+    def num_levels(self) -> int:
+        """Node tables the scorer reads: h, then one x~ level per common-neighbour depth."""
+        if self.model == "gae":
+            return 1
+        return self.depth + 2
+
+    @property
+    def calibration(self) -> Calibration:
+        return Calibration(self.probscale, self.proboffset, self.pt, self.alpha)
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+    spec: ScoringSpec
+    graph: CSRGraph
+    levels: list[Tensor]
+    id_map: IdMap
+
+    @property
+    def num_nodes(self) -> int:
+        return self.spec.num_nodes
+
+    @property
+    def head_path(self) -> Path:
+        return self.path / HEAD_FILE
+
+    @property
+    def program_path(self) -> Path:
+        return self.path / PROGRAM_FILE
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_arrays(directory: Path, graph: CSRGraph, levels: list[Tensor], id_map: IdMap) -> None:
+    """Write the graph, node tables and id map of a bundle being assembled in ``directory``."""
+    save_file({"indptr": graph.indptr.cpu().contiguous(),
+               "indices": graph.indices.long().cpu().contiguous()}, str(directory / GRAPH_FILE))
+    save_file({f"level{k}": t.detach().float().cpu().contiguous() for k, t in enumerate(levels)},
+              str(directory / TABLES_FILE))
+    id_map.save(directory / ID_MAP_FILE)
+
+
+def write_manifest(directory: Path, spec: ScoringSpec, extra: dict[str, Any]) -> dict[str, Any]:
+    """Checksum every file in ``directory`` and write the manifest last."""
+    files = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "spec": asdict(spec),
+        "files": {name: {"sha256": sha256(directory / name),
+                         "bytes": (directory / name).stat().st_size} for name in files},
+        **extra,
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{path} is not an ncnc bundle: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{manifest_path} is not valid JSON: {err}") from err
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{manifest_path}: not an ncnc bundle (format {manifest.get('format')!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path}: bundle format version {manifest.get('format_version')} is not "
+            f"supported (this ncnc reads version {FORMAT_VERSION}); re-export the model"
+        )
+    return manifest
+
+
+def _bundle_file(path: Path, name: str) -> Path:
+    """Resolve a manifest file name, refusing anything that would leave the bundle directory."""
+    candidate = (path / name).resolve()
+    if candidate.parent != path.resolve() or name in ("", ".", ".."):
+        raise BundleError(f"{path / MANIFEST}: file name {name!r} points outside the bundle")
+    return candidate
+
+
+def verify_files(path: Path, manifest: dict[str, Any]) -> None:
+    """Every manifest file exists and has its recorded sha256; required files are listed."""
+    files = manifest.get("files", {})
+    for required in (GRAPH_FILE, TABLES_FILE, ID_MAP_FILE, HEAD_FILE):
+        if required not in files:
+            raise BundleError(f"{path / MANIFEST}: required file {required} is not listed")
+    for name, meta in files.items():
+        file = _bundle_file(path, name)
+        if not file.is_file():
+            raise BundleError(f"bundle {path}: file {name} is missing")
+        if sha256(file) != meta.get("sha256"):
+            raise BundleError(
+                f"bundle {path}: {name} changed since export (sha256 mismatch); re-export it"
+            )
+
+
+def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
+    """Read a bundle directory; with ``verify`` (default) every checksum is checked first."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"bundle {path}: no such directory")
+    manifest = read_manifest(path)
+    if verify:
+        verify_files(path, manifest)
+    try:
+        spec = ScoringSpec(**manifest["spec"])
+    except (KeyError, TypeError) as err:
+        raise BundleError(f"{path / MANIFEST}: malformed spec ({err})") from err
+    arrays = load_file(str(_bundle_file(path, GRAPH_FILE)))
+    tables = load_file(str(_bundle_file(path, TABLES_FILE)))
+    levels = [tables[f"level{k}"] for k in range(spec.num_levels)]
+    return Bundle(
+        path=path,
+        manifest=manifest,
+        spec=spec,
+        graph=CSRGraph(arrays["indptr"], arrays["indices"]),
+        levels=levels,
+        id_map=IdMap.load(_bundle_file(path, ID_MAP_FILE)),
+    )

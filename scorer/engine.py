@@ -1,0 +1,72 @@
+"""The batch engine: score node-index pairs with a loaded bundle.
+
+Common neighbours run through :mod:`triton_kernels` (Triton on CUDA, the CPU twin otherwise), the
+head through onnxruntime (CUDA provider when present and the device is CUDA, CPU otherwise).
+``ncnc score``, the exporter's validation and the Ray adapter all call :class:`BatchScorer`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ncnc.errors import InputError
+from scorer.bundle import Bundle
+from scorer.pair_scoring import pair_logits
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was requested but no CUDA device is available")
+    return torch.device(device)
+
+
+class OnnxHead:
+    """The bundle's ``head.onnx`` behind the :data:`scorer.pair_scoring.HeadFn` interface."""
+
+    def __init__(self, path, device: torch.device, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.device = device
+
+    def __call__(self, cn: Tensor | None, xij: Tensor) -> Tensor:
+        feeds = {"xij": _numpy(xij)}
+        if "cn" in self.input_names:
+            feeds["cn"] = _numpy(cn)
+        (logits,) = self.session.run(None, feeds)
+        return torch.from_numpy(logits).to(self.device)
+
+
+def _numpy(t: Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).contiguous().numpy()
+
+
+class BatchScorer:
+    """Scores ``[B, 2]`` int64 node-index pairs with a bundle; returns float32 logits on the CPU."""
+
+    def __init__(self, bundle: Bundle, device: str = "auto") -> None:
+        self.bundle = bundle
+        self.device = resolve_device(device)
+        self.indptr = bundle.graph.indptr.to(self.device)
+        self.indices = bundle.graph.indices.to(self.device)
+        self.levels = [t.to(self.device) for t in bundle.levels]
+        self.head = OnnxHead(bundle.head_path, self.device)
+
+    @torch.no_grad()
+    def score_logits(self, pairs: Tensor) -> Tensor:
+        if pairs.numel() == 0:
+            return torch.zeros(0, dtype=torch.float32)
+        logits = pair_logits(self.bundle.spec, self.head, self.indptr, self.indices, self.levels,
+                             pairs.to(self.device, torch.int64))
+        return logits.float().cpu()

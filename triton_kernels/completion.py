@@ -1,0 +1,78 @@
+"""NCNC's completed common-neighbour sum, one implementation for training, export and scoring.
+
+``cn~(i, j) = sum_{u in N(i) & N(j)} x_u + sum_{u in N(i) \\ N(j)} p(j, u) x_u
++ sum_{u in N(j) \\ N(i)} p(i, u) x_u`` where ``p`` is the calibrated probability, computed by the
+caller's ``inner_logits``, that the missing edge exists. The difference sets are capped by
+:func:`triton_kernels.neighbor_split`'s deterministic rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from triton_kernels.ops import neighbor_split, weighted_gather_sum
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """``alpha * pt * s / (pt * s + 1 - s)`` with ``s = sigmoid(probscale * (z - proboffset))``."""
+
+    probscale: float
+    proboffset: float
+    pt: float
+    alpha: float
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        s = torch.sigmoid(self.probscale * (logits - self.proboffset))
+        return self.alpha * self.pt * s / (self.pt * s + 1 - s)
+
+
+def completed_common_neighbor_sum(
+    indptr: Tensor,
+    indices: Tensor,
+    x: Tensor,
+    pairs: Tensor,
+    inner_logits: Callable[[Tensor], Tensor],
+    calibration: Calibration,
+    cap: int = -1,
+    seed: int = 0,
+    symmetric_inner: bool = False,
+) -> Tensor:
+    """``cn~`` of each pair, ``[B, d]``; differentiable in ``x`` (not through ``inner_logits``).
+
+    Args:
+        inner_logits: logits ``[P]`` of completion pairs ``[P, 2]``; each distinct pair is asked
+            once per call. Called under ``torch.no_grad``.
+        symmetric_inner: the inner score of ``(a, b)`` equals that of ``(b, a)`` (true for NCN), so
+            the two orders share one computation.
+    """
+    split = neighbor_split(indptr, indices, pairs, cap, seed)
+    only_i, only_j = split.only_i, split.only_j
+    completion_pairs = torch.cat([
+        torch.stack([pairs[only_i.segment_ids(), 1], only_i.members], 1),
+        torch.stack([pairs[only_j.segment_ids(), 0], only_j.members], 1),
+    ])
+    with torch.no_grad():
+        probs = calibration(_distinct_logits(completion_pairs, inner_logits, symmetric_inner, x))
+    p_i, p_j = probs.split([only_i.members.numel(), only_j.members.numel()])
+    common = split.common
+    cn = weighted_gather_sum(common.offsets, common.members, common.weights, x)
+    cn = cn + weighted_gather_sum(only_i.offsets, only_i.members, p_i * only_i.weights, x)
+    return cn + weighted_gather_sum(only_j.offsets, only_j.members, p_j * only_j.weights, x)
+
+
+def _distinct_logits(
+    pairs: Tensor, inner_logits: Callable[[Tensor], Tensor], symmetric: bool, x: Tensor
+) -> Tensor:
+    # Eager callers skip the inner model when nothing needs completing; while torch.export traces,
+    # the size is symbolic and the general path below handles zero pairs too.
+    if not torch.compiler.is_compiling() and pairs.size(0) == 0:
+        return torch.zeros(0, dtype=torch.float32, device=x.device)
+    if symmetric:
+        pairs = torch.sort(pairs, dim=1).values
+    unique, inverse = torch.unique(pairs, dim=0, return_inverse=True)
+    return inner_logits(unique).float()[inverse]
