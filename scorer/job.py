@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import torch
@@ -89,27 +90,31 @@ def score_table(scorer: PairScorer, id_map: IdMap, table: pl.DataFrame | pa.Tabl
         raise InputError(f"{what}: missing column(s) {', '.join(missing)}"
                          f" (columns present: {', '.join(frame.columns) or 'none'})")
     check_no_nulls(frame.select(PAIR_COLUMNS), what=what)
-    index, known = [], torch.ones(frame.height, dtype=torch.bool)
+    # Element-wise work in numpy: tiny torch ops pay a thread-pool handoff (ms on a busy machine).
+    index, known = [], np.ones(frame.height, dtype=bool)
     for column in PAIR_COLUMNS:
         values, what_column = frame[column], f"{what} column {column}"
         if on_unknown == "error":
-            index.append(id_map.to_index(values, what=what_column))
+            index.append(id_map.to_index(values, what=what_column).numpy())
         else:
             idx, ok = id_map.lookup(values, what=what_column)
-            index.append(idx)
-            known &= ok
-    pairs = torch.stack(index, 1)
-    if not bool(known.all()):
+            index.append(idx.numpy())
+            known &= ok.numpy()
+    pairs = np.stack(index, 1)
+    if not known.all():
         pairs = pairs[known]
-        frame = frame.filter(pl.Series(known.numpy()))
-    logits = scorer.score_logits(pairs).detach().to("cpu", torch.float32).reshape(-1)
-    if logits.numel() != frame.height:
-        raise RuntimeError(f"scorer returned {logits.numel()} logits for {frame.height} pairs")
+        frame = frame.filter(pl.Series(known))
+    logits = scorer.score_logits(torch.from_numpy(pairs))
+    logits = logits.detach().to("cpu", torch.float32).reshape(-1).numpy()
+    if logits.size != frame.height:
+        raise RuntimeError(f"scorer returned {logits.size} logits for {frame.height} pairs")
+    with np.errstate(over="ignore"):
+        prob = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
     return frame.with_columns(
         pl.col(c).cast(id_map.ids.dtype) for c in PAIR_COLUMNS
     ).with_columns(
-        pl.Series("score", logits.numpy(), dtype=pl.Float32),
-        pl.Series("prob", torch.sigmoid(logits).numpy(), dtype=pl.Float32),
+        pl.Series("score", logits, dtype=pl.Float32),
+        pl.Series("prob", prob, dtype=pl.Float32),
     )
 
 

@@ -218,7 +218,9 @@ class AtomicParquetWriter:
     def __enter__(self) -> AtomicParquetWriter:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         arrow_schema = pl.DataFrame(schema=self.schema).to_arrow().schema
-        self._writer = pq.ParquetWriter(self.temp, arrow_schema, compression=self.compression)
+        # No dictionary pages: on scores and ids they cost 2-4x the write time for no smaller file.
+        self._writer = pq.ParquetWriter(self.temp, arrow_schema, compression=self.compression,
+                                        use_dictionary=False)
         return self
 
     def write(self, frame: pl.DataFrame) -> None:

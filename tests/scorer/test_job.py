@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from ncnc.cli import cli
 from ncnc.errors import InputError
+from ncnc.tables import IdMap
 from scorer.job import score_files, score_table
 from tests.scorer.conftest import FakeScorer, random_pairs
 from tests.scorer.test_ranking import full_sort_top_k
@@ -27,6 +28,28 @@ def expected_scores(id_map, pairs: pl.DataFrame) -> pl.DataFrame:
         pl.Series("score", score.numpy(), dtype=pl.Float32),
         pl.Series("prob", torch.sigmoid(score).numpy(), dtype=pl.Float32),
     )
+
+
+# IdMap.lookup, the per-batch id mapping -----------------------------------------------------
+
+@pytest.mark.parametrize("ids", [
+    list(range(-5, 95)),  # compact integers: dense table
+    [k * 1000 for k in range(100)],  # sparse integers: binary search
+    [f"id{k}" for k in range(100)],  # strings: binary search
+], ids=["dense", "sparse", "strings"])
+@pytest.mark.parametrize("sorted_ids", [True, False])
+def test_id_lookup_agrees_with_a_dict(ids, sorted_ids):
+    id_map = IdMap.from_ids(ids)
+    if not sorted_ids:  # a map read from a file need not be sorted: the hash path
+        id_map = IdMap(id_map.ids.reverse())
+    position = {v: i for i, v in enumerate(id_map.ids.to_list())}
+    rng = np.random.default_rng(0)
+    strays = ["nope", "id", "zzz"] if isinstance(ids[0], str) else [
+        -6, 95, 999, 2**63 - 1, -(2**63), 7]
+    values = [ids[i] for i in rng.integers(0, 100, 200)] + strays + [None]
+    index, known = id_map.lookup(pl.Series(values), what="x")
+    assert index.tolist() == [position.get(v, -1) for v in values]
+    assert known.tolist() == [v in position for v in values]
 
 
 # score_table ---------------------------------------------------------------------------------
