@@ -175,3 +175,48 @@ def common_neighbor_sum_reference(
     common = neighbor_split_reference(indptr, indices, pairs).common
     sums = weighted_gather_sum_reference(common.offsets, common.members, common.weights, x)
     return sums, common.sizes()
+
+
+@dataclass(frozen=True)
+class SplitLayout:
+    """Where each pair's three sets go in the ragged outputs of a split, before they are filled.
+
+    Shared by the CPU twin and the Triton launcher, so both lay out (and weight) the output exactly
+    as :func:`neighbor_split_reference` does.
+    """
+
+    common_offsets: Tensor  # [B + 1] int64
+    only_i_offsets: Tensor  # [B + 1] int64, capped sizes
+    only_j_offsets: Tensor  # [B + 1] int64, capped sizes
+    weight_i: Tensor  # [B] float32: |S| / cap for a capped N(i) \ N(j), else 1
+    weight_j: Tensor  # [B] float32
+    common_total: int
+    only_i_total: int
+    only_j_total: int
+
+    @staticmethod
+    def salts(seed: int) -> tuple[int, int]:
+        """Hash salts of the two sides, reduced to the 32 bits the hash reads (non-negative)."""
+        return (2 * seed) & _MASK32, (2 * seed + 1) & _MASK32
+
+
+def split_layout(indptr: Tensor, pairs: Tensor, common_counts: Tensor, cap: int) -> SplitLayout:
+    """Offsets and capping weights of a split from ``|N(i) & N(j)|`` per pair (see module doc)."""
+    pairs = pairs.long()
+    deg = indptr[1:] - indptr[:-1]
+    sides = []
+    for side in (0, 1):
+        size = deg[pairs[:, side]] - common_counts
+        if cap < 0:
+            kept, weight = size, torch.ones(size.shape, dtype=torch.float32, device=size.device)
+        else:
+            capped = size > cap
+            kept = torch.where(capped, torch.full_like(size, cap), size)
+            weight = torch.where(
+                capped, size.to(torch.float32) / max(cap, 1), torch.ones_like(size, dtype=torch.float32)
+            )
+        sides.append((_offsets_from_sizes(kept), weight))
+    (off_i, w_i), (off_j, w_j) = sides
+    off_c = _offsets_from_sizes(common_counts)
+    totals = torch.stack([off_c[-1], off_i[-1], off_j[-1]]).tolist()
+    return SplitLayout(off_c, off_i, off_j, w_i, w_j, *totals)
