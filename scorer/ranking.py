@@ -8,7 +8,9 @@ number (as ``-inf``, then by ``row``).
 
 Memory: the kept rows (at most K, or K per group) plus a buffer of candidates that is merged into
 them whenever it grows as large as they are (or ``min_merge_rows``), so each row takes part in a
-bounded number of merges and the total work stays ``O(n log n)``.
+bounded number of merges and the total work stays ``O(n log n)``. After each merge the K-th best
+score (of each full group) is a floor: later rows scoring below it are dropped on arrival, which
+keeps the buffer small once the top K has settled (any push order gives the same result).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import polars as pl
 
 RANK = "rank"
+FLOOR = "_floor"
 
 
 class RunningTopK:
@@ -50,11 +53,17 @@ class RunningTopK:
         self._kept: pl.DataFrame | None = None
         self._buffer: list[pl.DataFrame] = []
         self._buffered = 0
+        # The k-th best key once k rows are kept (per full group: columns by, FLOOR). A row
+        # scoring below it can never enter; equal scores may (an earlier row wins the tie).
+        self._floor: float | pl.DataFrame | None = None
+
+    def _key(self) -> pl.Expr:
+        """The score as ranked: Float64 with NaN as -inf."""
+        return pl.col(self.score).cast(pl.Float64).fill_nan(float("-inf"))
 
     def _order(self) -> tuple[list[pl.Expr], list[bool]]:
         """Sort keys of the tie rule (after the group column, if any)."""
-        key = pl.col(self.score).cast(pl.Float64).fill_nan(float("-inf"))
-        keys, descending = [key, pl.col(self.row)], [True, False]
+        keys, descending = [self._key(), pl.col(self.row)], [True, False]
         if self.by is not None:
             keys, descending = [pl.col(self.by), *keys], [False, *descending]
         return keys, descending
@@ -70,13 +79,25 @@ class RunningTopK:
         frame = frame.sort(keys, descending=descending)
         return frame.filter(pl.int_range(pl.len()).over(self.by) < self.k)
 
+    def _prune(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Drop the rows that score below the current floor (of their group)."""
+        if self._floor is None:
+            return frame
+        if isinstance(self._floor, float):
+            return frame.filter(self._key() >= self._floor)
+        return frame.join(self._floor, on=self.by, how="left").filter(
+            pl.col(FLOOR).is_null() | (self._key() >= pl.col(FLOOR))
+        ).drop(FLOOR)
+
     def push(self, frame: pl.DataFrame) -> None:
         """Offer the rows of ``frame`` (it must hold the ``score`` and ``row`` columns)."""
         if self._kept is None:
             self._kept = frame.clear()  # remembers the columns, even of an empty stream
+        frame = self._prune(frame)
         if frame.height == 0:
             return
-        frame = self._best(frame)
+        if self.by is None:
+            frame = self._best(frame)  # cheap without groups; with them the merge does it
         self._buffer.append(frame)
         self._buffered += frame.height
         if self._buffered >= max(self._kept.height, self.min_merge_rows):
@@ -87,6 +108,16 @@ class RunningTopK:
             return
         self._kept = self._best(pl.concat([self._kept, *self._buffer], how="vertical"))
         self._buffer, self._buffered = [], 0
+        if self.by is None:
+            if self._kept.height == self.k:
+                self._floor = self._kept.select(self._key().min()).item()
+        else:
+            self._floor = (
+                self._kept.group_by(self.by)
+                .agg(pl.len().alias("count"), self._key().min().alias(FLOOR))
+                .filter(pl.col("count") == self.k)
+                .drop("count")
+            )
 
     def result(self) -> pl.DataFrame:
         """The kept rows with ``rank`` (1 = best; Int64) instead of ``row``.
