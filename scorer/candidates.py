@@ -29,7 +29,7 @@ from ncnc.tables import read_parquet_table
 from scorer.stream import AtomicParquetWriter, refuse_overwriting
 from triton_kernels import CSRGraph
 
-DEFAULT_MAX_PATHS = 1 << 22
+DEFAULT_MAX_PATHS = 1 << 21  # about 150 MiB of intermediate tensors per chunk
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def two_hop_candidates(graph: CSRGraph, sources: Tensor | None = None, *,
         max_per_node: keep, per ``src``, the candidates with the most common neighbours (ties:
             the smaller ``dst`` index), at most this many. Applies to the rows as listed, so
             without ``sources`` to the pairs whose smaller end is the ``src``.
-        max_paths: two-hop paths expanded per chunk at most (memory is about 40 bytes a path).
+        max_paths: two-hop paths expanded per chunk at most (memory: about 80 bytes a path).
 
     Yields:
         :class:`CandidateChunk` s covering the sources in order.
