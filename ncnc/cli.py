@@ -163,20 +163,23 @@ def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out
 @click.option("--nodes", type=EXISTING_FILE,
               help="Parquet file whose column node lists the sources (default: every node, each "
                    "unordered pair once with src < dst).")
+@click.option("--both-directions", is_flag=True,
+              help="Without --nodes: list each pair from both ends, so that score --per-source "
+                   "ranks every node's candidates.")
 @click.option("--max-per-node", type=click.IntRange(min=1),
               help="Keep the N candidates with the most common neighbours per src.")
 @click.option("--common-neighbors/--no-common-neighbors", default=True, show_default=True,
               help="Write the common_neighbors count column.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors_exit_2
-def candidates(bundle: Path, out: Path, nodes: Path | None, max_per_node: int | None,
-               common_neighbors: bool, quiet: bool) -> None:
+def candidates(bundle: Path, out: Path, nodes: Path | None, both_directions: bool,
+               max_per_node: int | None, common_neighbors: bool, quiet: bool) -> None:
     """Write the non-adjacent node pairs two hops apart (the pairs worth scoring)."""
     from scorer.candidates import write_candidates
 
     click.echo(json.dumps(write_candidates(
-        bundle, out, nodes=nodes, max_per_node=max_per_node, common_neighbors=common_neighbors,
-        progress=not quiet,
+        bundle, out, nodes=nodes, both_directions=both_directions, max_per_node=max_per_node,
+        common_neighbors=common_neighbors, progress=not quiet,
     )))
 
 def main() -> None:

@@ -108,7 +108,7 @@ def _chunk_candidates(graph: CSRGraph, sources: Tensor, *, upper_only: bool,
 
 
 def two_hop_candidates(graph: CSRGraph, sources: Tensor | None = None, *,
-                       max_per_node: int | None = None,
+                       both_directions: bool = False, max_per_node: int | None = None,
                        max_paths: int = DEFAULT_MAX_PATHS) -> Iterator[CandidateChunk]:
     """Yield the non-adjacent two-hop pairs of ``graph``, chunk by chunk.
 
@@ -117,6 +117,8 @@ def two_hop_candidates(graph: CSRGraph, sources: Tensor | None = None, *,
         sources: int64 node indices to list candidates for, in the order wanted (each pair then
             has ``src`` = the source, so a pair may appear twice if both ends are listed);
             ``None`` lists every unordered pair once, as ``src < dst`` by index.
+        both_directions: with ``sources=None``, list every pair from both ends (as when every
+            node is listed), so that a per-source ranking covers each node's candidates.
         max_per_node: keep, per ``src``, the candidates with the most common neighbours (ties:
             the smaller ``dst`` index), at most this many. Applies to the rows as listed, so
             without ``sources`` to the pairs whose smaller end is the ``src``.
@@ -131,7 +133,7 @@ def two_hop_candidates(graph: CSRGraph, sources: Tensor | None = None, *,
     if max_per_node is not None and max_per_node < 1:
         raise ValueError(f"max_per_node must be at least 1, got {max_per_node}")
     graph = graph.to("cpu")
-    upper_only = sources is None
+    upper_only = sources is None and not both_directions
     if sources is None:
         sources = torch.arange(graph.num_nodes)
     sources = sources.to("cpu", torch.int64)
@@ -148,7 +150,7 @@ def two_hop_candidates(graph: CSRGraph, sources: Tensor | None = None, *,
 
 
 def write_candidates(bundle_path: Path, out: Path, *, nodes: Path | None = None,
-                     max_per_node: int | None = None, common_neighbors: bool = True,
+                     both_directions: bool = False, max_per_node: int | None = None, common_neighbors: bool = True,
                      max_paths: int = DEFAULT_MAX_PATHS, progress: bool = True) -> dict[str, Any]:
     """Write the two-hop candidate pairs of a bundle's graph to the Parquet file ``out``.
 
@@ -159,7 +161,7 @@ def write_candidates(bundle_path: Path, out: Path, *, nodes: Path | None = None,
             under a temporary name and renamed into place on success only.
         nodes: Parquet file whose column ``node`` lists the sources (duplicates count once, the
             first occurrence fixes the order); ``None`` lists each unordered pair once.
-        max_per_node, max_paths: see :func:`two_hop_candidates`.
+        both_directions, max_per_node, max_paths: see :func:`two_hop_candidates`.
         common_neighbors: write the ``common_neighbors`` column.
         progress: show a progress bar over the sources on stderr.
 
@@ -191,8 +193,8 @@ def write_candidates(bundle_path: Path, out: Path, *, nodes: Path | None = None,
     with AtomicParquetWriter(out, schema) as writer, tqdm(
         total=count, unit="nodes", unit_scale=True, desc="candidates", disable=not progress,
     ) as bar:
-        for chunk in two_hop_candidates(bundle.graph, sources, max_per_node=max_per_node,
-                                        max_paths=max_paths):
+        for chunk in two_hop_candidates(bundle.graph, sources, both_directions=both_directions,
+                                        max_per_node=max_per_node, max_paths=max_paths):
             columns = {"src": id_map.to_original(chunk.src), "dst": id_map.to_original(chunk.dst)}
             if common_neighbors:
                 columns["common_neighbors"] = pl.Series(chunk.common.numpy(), dtype=pl.Int64)

@@ -34,6 +34,11 @@ def test_hand_graph_listed_nodes_are_the_src_in_listed_order():
     assert rows(HAND, torch.tensor([3, 0, 6])) == [(3, 0, 2), (3, 5, 1), (0, 3, 2)]
 
 
+def test_hand_graph_both_directions_equals_listing_every_node():
+    assert rows(HAND, both_directions=True) == rows(HAND, torch.arange(7)) == [
+        (0, 3, 2), (1, 4, 1), (2, 4, 1), (3, 0, 2), (3, 5, 1), (4, 1, 1), (4, 2, 1), (5, 3, 1)]
+
+
 def test_hand_graph_max_per_node_keeps_most_common_then_smaller_dst():
     assert rows(HAND, torch.tensor([3, 4]), max_per_node=1) == [(3, 0, 2), (4, 1, 1)]
     assert rows(HAND, max_per_node=1) == [(0, 3, 2), (1, 4, 1), (2, 4, 1), (3, 5, 1)]
@@ -106,6 +111,10 @@ def test_cli_candidates_of_listed_nodes_with_max_per_node(bundle_dir, tmp_path):
                             "--no-common-neighbors")
     assert result.exit_code == 0, result.output
     assert pl.read_parquet(out).rows() == [("n3", "n0"), ("n4", "n1")]
+    result = run_candidates(bundle_dir, out, "--both-directions", "--max-per-node", "1")
+    assert result.exit_code == 0, result.output
+    assert pl.read_parquet(out).rows() == [("n0", "n3", 2), ("n1", "n4", 1), ("n2", "n4", 1),
+                                           ("n3", "n0", 2), ("n4", "n1", 1), ("n5", "n3", 1)]
 
 
 def test_cli_candidates_bad_nodes_exit_2_and_write_nothing(bundle_dir, tmp_path):
