@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -156,19 +157,23 @@ def test_empty_input_writes_an_empty_file_with_the_schema(fake_scorer, int_ids, 
          "rank": pl.Int64})
 
 
-def bad_files(tmp_path: Path, write_pairs) -> dict[str, tuple[Path, str]]:
-    """Bad pair files and the message each must give."""
+BAD_CASES = ["missing column", "nulls", "unknown ids", "wrong type", "not parquet"]
+
+
+def bad_files(tmp_path: Path, write_pairs, a: str = "v001", b: str = "v002"
+              ) -> dict[str, tuple[Path, str]]:
+    """Bad pair files (``a``, ``b``: known ids) and the message each must give."""
     not_parquet = tmp_path / "bad" / "text.parquet"
     not_parquet.parent.mkdir(parents=True, exist_ok=True)
-    not_parquet.write_text("src,dst\nv001,v002\n")
+    not_parquet.write_text(f"src,dst\n{a},{b}\n")
     return {
-        "missing column": (write_pairs(pl.DataFrame({"src": ["v001"], "to": ["v002"]}),
+        "missing column": (write_pairs(pl.DataFrame({"src": [a], "to": [b]}),
                                        "bad/missing.parquet"), r"missing column\(s\) dst"),
-        "nulls": (write_pairs(pl.DataFrame({"src": ["v001"] * 30, "dst": ["v002"] * 29 + [None]}),
+        "nulls": (write_pairs(pl.DataFrame({"src": [a] * 30, "dst": [b] * 29 + [None]}),
                               "bad/nulls.parquet", row_group_size=4),
                   r"nulls.parquet column dst: 1 null value\(s\), in rows 29"),
-        "unknown ids": (write_pairs(pl.DataFrame({"src": ["v001", "x9", "x8"],
-                                                  "dst": ["v002"] * 3}), "bad/unknown.parquet"),
+        "unknown ids": (write_pairs(pl.DataFrame({"src": [a, "x9", "x8"], "dst": [b] * 3}),
+                                    "bad/unknown.parquet"),
                         r"unknown.parquet column src: 2 id\(s\) are not nodes of the graph: "
                         r"'x9', 'x8'"),
         "wrong type": (write_pairs(pl.DataFrame({"src": [1.0], "dst": [2.0]}),
@@ -177,8 +182,7 @@ def bad_files(tmp_path: Path, write_pairs) -> dict[str, tuple[Path, str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["missing column", "nulls", "unknown ids", "wrong type",
-                                  "not parquet"])
+@pytest.mark.parametrize("case", BAD_CASES)
 def test_one_bad_file_among_several_keeps_the_earlier_output(fake_scorer, string_ids, three_files,
                                                              write_pairs, tmp_path, case):
     files, _ = three_files
@@ -263,24 +267,29 @@ def test_cli_score_top_k_per_source(bundle_dir, bundle_pairs, tmp_path):
     assert top.filter(pl.col("rank") == 1).height == top["src"].n_unique()
 
 
+@pytest.mark.parametrize("case", BAD_CASES)
 def test_cli_score_bad_input_exits_2_and_keeps_the_earlier_output(bundle_dir, bundle_pairs,
-                                                                  tmp_path, write_pairs):
-    out = tmp_path / "scored.parquet"
+                                                                  tmp_path, write_pairs, case):
+    bad, message = bad_files(tmp_path, write_pairs, "n1", "n2")[case]
+    out = tmp_path / "out" / "scored.parquet"
+    out.parent.mkdir()
     out.write_bytes(b"earlier output")
-    unknown = write_pairs(pl.DataFrame({"src": ["n1", "n999"], "dst": ["n2", "n3"]}),
-                          "unknown.parquet")
-    result = invoke("--bundle", str(bundle_dir), "--pairs", str(bundle_pairs[0]), str(unknown),
-                    "--out", str(out))
-    assert result.exit_code == 2
-    assert "unknown.parquet column src: 1 id(s) are not nodes of the graph: 'n999'" in result.output
+    result = invoke("--bundle", str(bundle_dir), "--pairs", str(bundle_pairs[0]), str(bad),
+                    str(bundle_pairs[1]), "--out", str(out))
+    assert result.exit_code == 2, result.output
+    assert re.search(message, result.output) and "Traceback" not in result.output
     assert out.read_bytes() == b"earlier output"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs", "scored.parquet",
-                                                         "unknown.parquet"]
-    result = invoke("--bundle", str(bundle_dir), "--pairs", str(unknown), "--out", str(unknown))
+    assert [p.name for p in out.parent.iterdir()] == ["scored.parquet"]
+
+
+def test_cli_score_usage_errors_exit_2(bundle_dir, bundle_pairs, tmp_path):
+    result = invoke("--bundle", str(bundle_dir), "--pairs", str(bundle_pairs[0]),
+                    "--out", str(bundle_pairs[0]))
     assert result.exit_code == 2 and "is also an input" in result.output
-    result = invoke("--bundle", str(bundle_dir), "--pairs", str(unknown), "--out", str(out),
-                    "--per-source")
+    result = invoke("--bundle", str(bundle_dir), "--pairs", str(bundle_pairs[0]),
+                    "--out", str(tmp_path / "o.parquet"), "--per-source")
     assert result.exit_code == 2 and "--per-source needs --top-k" in result.output
+    assert not (tmp_path / "o.parquet").exists()
 
 
 def test_cli_score_help_loads_no_training_code():
