@@ -16,6 +16,9 @@ from torch import Tensor
 
 from triton_kernels.ops import neighbor_split, weighted_gather_sum
 
+INNER_CHUNK = 32_768
+"""Completion pairs scored per call of ``inner_logits``."""
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -74,5 +77,13 @@ def _distinct_logits(
         return torch.zeros(0, dtype=torch.float32, device=x.device)
     if symmetric:
         pairs = torch.sort(pairs, dim=1).values
-    unique, inverse = torch.unique(pairs, dim=0, return_inverse=True)
-    return inner_logits(unique).float()[inverse]
+    # One int64 key per pair: unique over a 1-D key is many times faster than over rows.
+    stride = x.size(0)
+    keys, inverse = torch.unique(pairs[:, 0] * stride + pairs[:, 1], return_inverse=True)
+    unique = torch.stack([keys // stride, keys % stride], 1)
+    if torch.compiler.is_compiling():  # a traced program cannot loop over data-dependent chunks
+        return inner_logits(unique).float()[inverse]
+    # Hubs make a batch's completion pairs outnumber its target pairs many times over: score them
+    # in bounded chunks so memory stays flat whatever the degrees.
+    logits = torch.cat([inner_logits(chunk).float() for chunk in unique.split(INNER_CHUNK)])
+    return logits[inverse]

@@ -1,0 +1,195 @@
+"""Batch scoring throughput and memory: the bundle scorer against the eager PyTorch model.
+
+On a generated graph (default 1M nodes, ~5M undirected edges, 16 features) and for NCN and NCNC
+(hidden 256, untrained weights: speed does not depend on training), this script
+
+1. writes candidate pairs to Parquet: half uniformly random, half two hops apart (where common
+   neighbours exist), 1M pairs and 10M pairs (the 1M file is the 10M file's first rows);
+2. scores the 1M pairs with ``ncnc score`` (the bundle scorer: Parquet in, Parquet out) and with
+   the eager model (``LinkPredictionModel.score``: the encoder once, then the predictor per batch,
+   compute only, no I/O), each in its own process so peak RSS is its own;
+3. scores the 10M pairs with ``ncnc score`` and compares its peak RSS with the 1M run.
+
+Everything generated lives in ``--workdir`` and is reused by later runs; figures go to
+``benchmarks/results/score_cpu.json``.
+
+    python benchmarks/bench_score.py                       # the full benchmark
+    python benchmarks/bench_score.py --nodes 100000 --pairs 1000000 --eager-pairs 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_inputs(workdir: Path, nodes: int, degree: float, pairs: int, seed: int) -> Path:
+    """Graph edges/features and the pairs files (cached in ``workdir``)."""
+    import numpy as np
+    import polars as pl
+
+    from trainer.synthetic import community_graph
+
+    graph_dir = workdir / "graph"
+    if not (graph_dir / "edges.parquet").exists():
+        graph_dir.mkdir(parents=True, exist_ok=True)
+        graph = community_graph(nodes, avg_degree=degree, num_communities=1000, feature_dim=16,
+                                seed=seed)
+        graph.features.write_parquet(graph_dir / "features.parquet")
+        graph.edges.write_parquet(graph_dir / "edges.tmp.parquet")
+        (graph_dir / "edges.tmp.parquet").rename(graph_dir / "edges.parquet")
+    pairs_file = workdir / f"pairs_{pairs}.parquet"
+    if not pairs_file.exists():
+        edges = pl.read_parquet(graph_dir / "edges.parquet").to_numpy()
+        rng = np.random.default_rng(seed)
+        both = np.concatenate([edges, edges[:, ::-1]])
+        both = both[np.argsort(both[:, 0], kind="stable")]
+        starts = np.searchsorted(both[:, 0], np.arange(nodes + 1))
+        half = pairs // 2
+        pick = both[rng.integers(0, both.shape[0], half)]
+        first, middle = pick[:, 0], pick[:, 1]
+        degree_mid = starts[middle + 1] - starts[middle]
+        third = both[starts[middle] + (rng.random(half) * degree_mid).astype(np.int64), 1]
+        random_pairs = rng.integers(0, nodes, (pairs - half, 2))
+        src = np.empty(pairs, np.int64)
+        dst = np.empty(pairs, np.int64)
+        src[0::2], dst[0::2] = first, third  # interleaved so any prefix has both kinds
+        src[1::2], dst[1::2] = random_pairs[:, 0], random_pairs[:, 1]
+        frame = pl.DataFrame({"src": src, "dst": dst})
+        frame.write_parquet(pairs_file.with_suffix(".tmp"), row_group_size=1_000_000)
+        pairs_file.with_suffix(".tmp").rename(pairs_file)
+    return graph_dir
+
+
+def prefix_file(workdir: Path, full: Path, rows: int) -> Path:
+    import polars as pl
+
+    path = workdir / f"pairs_{rows}.parquet"
+    if not path.exists():
+        pl.scan_parquet(full).head(rows).collect().write_parquet(path, row_group_size=1_000_000)
+    return path
+
+
+def build_bundle(workdir: Path, graph_dir: Path, model: str) -> tuple[Path, Path]:
+    """An untrained checkpoint of ``model`` over the whole graph, and its exported bundle."""
+    import torch
+
+    from exporter import export_bundle
+    from trainer.checkpoint import save_checkpoint
+    from trainer.config import resolve_config
+    from trainer.data import load_edge_list
+    from trainer.model import LinkPredictionModel
+    from trainer.splits import EdgeSplit
+
+    checkpoint, bundle = workdir / f"ck_{model}", workdir / f"bundle_{model}"
+    if (bundle / "manifest.json").exists():
+        return checkpoint, bundle
+    data = load_edge_list(graph_dir / "edges.parquet", graph_dir / "features.parquet")
+    cfg = resolve_config(model, dataset="cora", model_flags={
+        "num_nodes": data.num_nodes, "in_features": data.features.size(1)})
+    torch.manual_seed(0)
+    empty = torch.zeros(0, 2, dtype=torch.long)
+    valid = data.edges[:1000]
+    split = EdgeSplit(train=data.edges[1000:], valid=valid, valid_neg=valid.flip(1),
+                      test=empty, test_neg=empty)
+    save_checkpoint(checkpoint, LinkPredictionModel(cfg.model), cfg, data.features,
+                    data.id_map, split, {"note": "untrained, for throughput benchmarks"})
+    started = time.perf_counter()
+    export_bundle(checkpoint, bundle)
+    print(f"exported {model} in {time.perf_counter() - started:.1f} s", flush=True)
+    return checkpoint, bundle
+
+
+EAGER = """
+import json, resource, sys, time
+from pathlib import Path
+import polars as pl, torch
+from trainer.checkpoint import load_checkpoint
+from trainer.training import TrainingGraph
+torch.set_num_threads({threads})
+ck = load_checkpoint(Path({checkpoint!r}))
+graph = TrainingGraph(torch.cat([ck.split.train, ck.split.valid]), ck.config.model.num_nodes).graph
+frame = pl.read_parquet({pairs!r})
+pairs = torch.stack([ck.id_map.to_index(frame["src"], what="src"),
+                     ck.id_map.to_index(frame["dst"], what="dst")], 1)
+started = time.perf_counter()
+logits = ck.model.score(ck.features, graph, pairs, batch_size={batch_size})
+seconds = time.perf_counter() - started
+print(json.dumps({{"pairs": pairs.size(0), "seconds": seconds,
+                  "pairs_per_second": pairs.size(0) / seconds,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def run_eager(checkpoint: Path, pairs: Path, batch_size: int, threads: int) -> dict:
+    code = EAGER.format(checkpoint=str(checkpoint), pairs=str(pairs), batch_size=batch_size,
+                        threads=threads)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_bundle(bundle: Path, pairs: Path, out: Path, batch_size: int) -> dict:
+    report = out.with_suffix(".report.json")
+    subprocess.run([sys.executable, "-m", "ncnc", "score", "--bundle", str(bundle), "--pairs",
+                    str(pairs), "--out", str(out), "--batch-size", str(batch_size), "--quiet",
+                    "--device", "cpu", "--report", str(report)],
+                   check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(report.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=1_000_000)
+    parser.add_argument("--degree", type=float, default=10.0, help="average degree")
+    parser.add_argument("--pairs", type=int, default=10_000_000)
+    parser.add_argument("--eager-pairs", type=int, default=1_000_000,
+                        help="pairs scored by both (the speed comparison)")
+    parser.add_argument("--models", nargs="+", default=["ncn", "ncnc"])
+    parser.add_argument("--batch-size", type=int, default=65_536)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/ncnc-bench-score"))
+    parser.add_argument("--results", type=Path,
+                        default=ROOT / "benchmarks" / "results" / "score_cpu.json")
+    args = parser.parse_args()
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    graph_dir = build_inputs(args.workdir, args.nodes, args.degree, args.pairs, seed=0)
+    full = args.workdir / f"pairs_{args.pairs}.parquet"
+    small = prefix_file(args.workdir, full, args.eager_pairs)
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
+    for model in args.models:
+        checkpoint, bundle = build_bundle(args.workdir, graph_dir, model)
+        eager = run_eager(checkpoint, small, args.batch_size, args.threads)
+        bundle_small = run_bundle(bundle, small, args.workdir / f"scores_{model}_small.parquet",
+                                  args.batch_size)
+        bundle_full = run_bundle(bundle, full, args.workdir / f"scores_{model}_full.parquet",
+                                 args.batch_size)
+        row = {
+            "nodes": args.nodes, "pairs_compared": args.eager_pairs, "pairs_full": args.pairs,
+            "eager_pairs_per_s": round(eager["pairs_per_second"]),
+            "bundle_pairs_per_s": round(bundle_small["pairs_per_second"]),
+            "speedup": round(bundle_small["pairs_per_second"] / eager["pairs_per_second"], 2),
+            "eager_peak_rss_mib": round(eager["peak_rss_mib"]),
+            "bundle_peak_rss_mib_small": round(bundle_small["peak_rss_mib"]),
+            "bundle_peak_rss_mib_full": round(bundle_full["peak_rss_mib"]),
+            "rss_growth_full_vs_small": round(
+                bundle_full["peak_rss_mib"] / bundle_small["peak_rss_mib"] - 1, 3),
+            "bundle_full_pairs_per_s": round(bundle_full["pairs_per_second"]),
+            "bundle_full_seconds": round(bundle_full["seconds"], 1),
+            "batch_size": args.batch_size, "threads": args.threads,
+        }
+        results[model] = row
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps({model: row}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
