@@ -13,8 +13,8 @@ Algorithms (identical to the Triton kernels in :mod:`triton_kernels.common_neigh
 
 * common-neighbour sum: one pass per pair, ``out[b] = sum x[u]`` over the common ``u`` in ascending
   order, accumulated in the output dtype (float32, float64 for float64 ``x``).
-* split: a count pass gives ``|N(i) & N(j)|``; the layout (offsets, capped sizes, weights) is then
-  computed in torch by :func:`triton_kernels.common_neighbors.split_layout`; a fill pass writes the
+* split: a count pass gives ``|N(i) & N(j)|``; the layout (offsets, capped sizes, weights) follows
+  (:func:`triton_kernels.common_neighbors.split_layout`, here in numba); a fill pass writes the
   common members together with their positions inside row ``i`` and row ``j``. An uncapped difference
   is the row with those positions skipped. A capped one draws rank ``r = slot_hash(...) % |S|`` and
   maps it to a row position in ``O(log |common|)``: the row position of rank ``r`` is ``r + m`` where
@@ -33,12 +33,50 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 import torch
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 from torch import Tensor
 
-from triton_kernels.common_neighbors import split_layout
+from triton_kernels.common_neighbors import SplitLayout
 
 _JIT = {"nogil": True, "cache": True}
 _U32 = np.uint64(0xFFFFFFFF)
+
+
+@intrinsic
+def _prefetch(typingctx, array, row, col):
+    """Software prefetch (``llvm.prefetch``, read, high locality) of ``array[row, col]``, or of
+    ``array[row]`` for a 1-D array (pass ``col`` 0). Unlike a load it never stalls the core: the
+    kernels issue it for rows they will read a few steps later, so those cache misses overlap."""
+    sig = types.void(array, row, col)
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        arr = context.make_array(array_type)(context, builder, args[0])
+        index = [
+            context.cast(builder, value, value_type, types.intp)
+            for value, value_type in zip(args[1:], signature.args[1:])
+        ][: array_type.ndim]
+        pointer = cgutils.get_item_pointer(context, builder, array_type, arr, index)
+        byte_pointer = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn_type = ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fn_type, "llvm.prefetch.p0")
+        flags = [ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+        builder.call(fn, [builder.bitcast(pointer, byte_pointer), *flags])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(**_JIT)
+def _prefetch_row(array, row, t0, t1):
+    """Prefetch ``array[row, t0:t1]``, one call per 64-byte cache line."""
+    step = max(1, 64 // array.itemsize)
+    for t in range(t0, t1, step):
+        _prefetch(array, row, t)
 
 
 @numba.njit(**_JIT)
@@ -92,27 +130,24 @@ def _use_merge(short, long):
     return short * steps >= short + long
 
 
-# Pairs are handled in groups: the row bounds of a whole group are read first and the first entry
-# of each row touched, so that those cache misses overlap instead of each stalling its own pair.
+# Pairs are handled in groups: the row bounds of a whole group are read and the start of each row
+# prefetched before any intersection starts, so that those cache misses overlap.
 _GROUP = 16
+# Common neighbours (or ragged members) whose feature rows are prefetched before they are added.
+_AHEAD = 16
 
 
 @numba.njit(**_JIT)
-def _load_group(indptr, indices, pi, pj, b0, b1, bounds):
-    """``bounds[r] = (start_i, end_i, start_j, end_j)`` of pair ``b0 + r``; returns a checksum of
-    the touched entries, which callers fold into an unlikely branch so the loads are kept."""
+def _load_group(indptr, indices, pairs, b0, b1, bounds):
+    """``bounds[r] = (start_i, end_i, start_j, end_j)`` of pair ``b0 + r``."""
     for b in range(b0, b1):
         r = b - b0
-        i, j = pi[b], pj[b]
+        i, j = pairs[b, 0], pairs[b, 1]
         bounds[r, 0], bounds[r, 1] = indptr[i], indptr[i + 1]
         bounds[r, 2], bounds[r, 3] = indptr[j], indptr[j + 1]
-    touched = 0
     for r in range(b1 - b0):
-        if bounds[r, 1] > bounds[r, 0]:
-            touched += indices[bounds[r, 0]]
-        if bounds[r, 3] > bounds[r, 2]:
-            touched += indices[bounds[r, 2]]
-    return touched
+        _prefetch(indices, bounds[r, 0], 0)
+        _prefetch(indices, bounds[r, 2], 0)
 
 
 @numba.njit(**_JIT)
@@ -125,19 +160,35 @@ def _shorter_first(bounds, r):
 
 
 @numba.njit(**_JIT)
-def _cn_kernel(lo, hi, indptr, indices, src, pi, pj, dst, counts, scatter):
+def _add_rows(found, count, b, src, dst, t0, t1, scatter):
+    """``dst[b] += src[u]`` (or ``dst[u] += src[b]`` when scattering) for ``u`` in ``found[:count]``."""
+    for f in range(count):
+        u = found[f]
+        if scatter:
+            for t in range(t0, t1):
+                dst[u, t] += src[b, t]
+        else:
+            for t in range(t0, t1):
+                dst[b, t] += src[u, t]
+
+
+@numba.njit(**_JIT)
+def _cn_kernel(lo, hi, indptr, indices, src, pairs, dst, counts, scatter):
     """Visit the common neighbours ``u`` of pairs ``b``, in ascending order.
 
     Forward (``scatter`` false): pairs ``lo:hi``; ``dst[b] += src[u]`` over all columns (``dst``
     arrives zeroed) and ``counts[b]`` the number of ``u``; ``src`` without columns makes it a pure
     count pass. Backward (``scatter`` true): every pair, columns ``lo:hi`` only; ``dst[u] += src[b]``.
+    The common neighbours found are buffered ``_AHEAD`` at a time with their feature rows
+    prefetched, then added.
     """
-    b_lo, b_hi, t0, t1 = (0, pi.shape[0], lo, hi) if scatter else (lo, hi, 0, src.shape[1])
+    b_lo, b_hi, t0, t1 = (0, pairs.shape[0], lo, hi) if scatter else (lo, hi, 0, src.shape[1])
+    rows = dst if scatter else src
     bounds = np.empty((_GROUP, 4), dtype=np.int64)
+    found = np.empty(_AHEAD, dtype=np.int64)
     for g0 in range(b_lo, b_hi, _GROUP):
         g1 = min(g0 + _GROUP, b_hi)
-        if _load_group(indptr, indices, pi, pj, g0, g1, bounds) == -1:
-            counts[g0] = -1  # never taken in practice; keeps the touching loads alive
+        _load_group(indptr, indices, pairs, g0, g1, bounds)
         for b in range(g0, g1):
             ps, pe, qs, qe, _ = _shorter_first(bounds, b - g0)
             merge = _use_merge(pe - ps, qe - qs)
@@ -147,16 +198,17 @@ def _cn_kernel(lo, hi, indptr, indices, src, pi, pj, dst, counts, scatter):
                 p, q = _next_common(indices, p, pe, q, qe, merge)
                 if p >= pe:
                     break
-                u = indices[p]
-                if scatter:
-                    for t in range(t0, t1):
-                        dst[u, t] += src[b, t]
-                else:
-                    for t in range(t0, t1):
-                        dst[b, t] += src[u, t]
+                if t1 > t0:
+                    u = indices[p]
+                    _prefetch_row(rows, u, t0, t1)
+                    found[c % _AHEAD] = u
+                    if c % _AHEAD == _AHEAD - 1:
+                        _add_rows(found, _AHEAD, b, src, dst, t0, t1, scatter)
                 c += 1
                 p += 1
                 q += 1
+            if t1 > t0:
+                _add_rows(found, c % _AHEAD, b, src, dst, t0, t1, scatter)
             if not scatter:
                 counts[b] = c
 
@@ -209,14 +261,13 @@ def _fill_difference(
 
 @numba.njit(**_JIT)
 def _split_fill(
-    lo, hi, indptr, indices, pi, pj, cap, salt_i, salt_j, w_i, w_j,
-    c_off, c_mem, pos_i, pos_j, i_off, i_mem, i_w, j_off, j_mem, j_w,
+    lo, hi, indptr, indices, pairs, cap, salt_i, salt_j, w_i, w_j,
+    c_off, c_mem, c_w, pos_i, pos_j, i_off, i_mem, i_w, j_off, j_mem, j_w,
 ):  # fmt: skip
     bounds = np.empty((_GROUP, 4), dtype=np.int64)
     for g0 in range(lo, hi, _GROUP):
         g1 = min(g0 + _GROUP, hi)
-        if _load_group(indptr, indices, pi, pj, g0, g1, bounds) == -1:
-            c_off[0] = 0  # never taken in practice; keeps the touching loads alive
+        _load_group(indptr, indices, pairs, g0, g1, bounds)
         for b in range(g0, g1):
             r = b - g0
             ps, pe, qs, qe, swapped = _shorter_first(bounds, r)
@@ -228,13 +279,14 @@ def _split_fill(
                 if p >= pe:
                     break
                 c_mem[o] = indices[p]
+                c_w[o] = 1.0
                 pos_i[o], pos_j[o] = (q - qs, p - ps) if swapped else (p - ps, q - qs)
                 o += 1
                 p += 1
                 q += 1
             common = o - c_off[b]
             si, ei, sj, ej = bounds[r, 0], bounds[r, 1], bounds[r, 2], bounds[r, 3]
-            i, j = pi[b], pj[b]
+            i, j = pairs[b, 0], pairs[b, 1]
             _fill_difference(
                 indices, si, ei - si, pos_i, c_off[b], common, i, j, cap, salt_i, w_i[b],
                 i_off[b], i_mem, i_w,
@@ -246,12 +298,41 @@ def _split_fill(
 
 
 @numba.njit(**_JIT)
+def _split_layout(indptr, pairs, counts, cap, c_off, i_off, j_off, w_i, w_j):
+    """:func:`triton_kernels.common_neighbors.split_layout` for the CPU, without torch's tiny ops:
+    offsets of the three sets and the weight ``|S| / cap`` (float32 division, as the reference)
+    of each capped difference."""
+    c_off[0] = i_off[0] = j_off[0] = 0
+    for b in range(pairs.shape[0]):
+        i, j = pairs[b, 0], pairs[b, 1]
+        c = counts[b]
+        c_off[b + 1] = c_off[b] + c
+        for side, node in ((0, i), (1, j)):
+            size = indptr[node + 1] - indptr[node] - c
+            weight = np.float32(1.0)
+            if 0 <= cap < size:
+                weight = np.float32(size) / np.float32(max(cap, 1))  # no slot when cap is 0
+                size = cap
+            if side == 0:
+                i_off[b + 1] = i_off[b] + size
+                w_i[b] = weight
+            else:
+                j_off[b + 1] = j_off[b] + size
+                w_j[b] = weight
+
+
+@numba.njit(**_JIT)
 def _ragged_kernel(lo, hi, offsets, members, weights, src, dst, scatter):
     """Forward: ``dst[b] += sum_k w_k src[m_k]`` for segments ``lo:hi``. Backward (``scatter``):
-    ``dst[m_k] += w_k src[b]`` for every segment, columns ``lo:hi`` only."""
+    ``dst[m_k] += w_k src[b]`` for every segment, columns ``lo:hi`` only. The feature row of the
+    member ``_AHEAD`` places on is prefetched."""
     b_lo, b_hi, t0, t1 = (0, offsets.shape[0] - 1, lo, hi) if scatter else (lo, hi, 0, src.shape[1])
+    rows = dst if scatter else src
+    end = offsets[b_hi]
     for b in range(b_lo, b_hi):
         for k in range(offsets[b], offsets[b + 1]):
+            if k + _AHEAD < end:
+                _prefetch_row(rows, members[k + _AHEAD], t0, t1)
             m = members[k]
             w = weights[k]
             if scatter:
@@ -322,9 +403,8 @@ def _float_rows(x: Tensor) -> Tensor:
     return x.detach().to(_acc_dtype(x.dtype)).contiguous()
 
 
-def _pair_columns(pairs: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    pairs = pairs.long()
-    return _np(pairs[:, 0]), _np(pairs[:, 1])
+def _pairs(pairs: Tensor) -> np.ndarray:
+    return _np(pairs if pairs.dtype == torch.int64 else pairs.long())
 
 
 def common_neighbor_sum_cpu(
@@ -333,9 +413,8 @@ def common_neighbor_sum_cpu(
     xf = _float_rows(x)
     out = _zeros(pairs.size(0), x.size(1), dtype=xf.dtype)
     counts = torch.empty(pairs.size(0), dtype=torch.long)
-    pi, pj = _pair_columns(pairs)
     graph = (_np(indptr), _np(indices))
-    _run_ranges(_cn_kernel, pairs.size(0), *graph, _np(xf), pi, pj, out.numpy(), counts.numpy(), False)
+    _run_ranges(_cn_kernel, pairs.size(0), *graph, _np(xf), _pairs(pairs), out.numpy(), counts.numpy(), False)
     return out, counts
 
 
@@ -344,10 +423,12 @@ def common_neighbor_sum_backward_cpu(
 ) -> Tensor:
     grad = grad.detach().contiguous()
     grad_x = _zeros(num_rows, grad.size(1), dtype=grad.dtype)
-    pi, pj = _pair_columns(pairs)
     no_counts = np.empty(0, dtype=np.int64)
     graph = (_np(indptr), _np(indices))
-    _run_columns(_cn_kernel, grad.size(1), pairs.size(0), *graph, grad.numpy(), pi, pj, grad_x.numpy(), no_counts, True)
+    _run_columns(
+        _cn_kernel, grad.size(1), pairs.size(0), *graph, grad.numpy(), _pairs(pairs), grad_x.numpy(),
+        no_counts, True,
+    )  # fmt: skip
     return grad_x
 
 
@@ -360,27 +441,25 @@ def neighbor_split_cpu(
     indptr: Tensor, indices: Tensor, pairs: Tensor, cap: int, seed: int
 ) -> tuple[Tensor, ...]:
     """Flat ``(c_off, c_mem, c_w, i_off, i_mem, i_w, j_off, j_mem, j_w)``, see :class:`NeighborSplit`."""
+    num_pairs = pairs.size(0)
     counts = common_neighbor_count_cpu(indptr, indices, pairs)
-    layout = split_layout(indptr, pairs, counts, cap)
-    c_mem, pos_i, pos_j = (torch.empty(layout.common_total, dtype=torch.long) for _ in range(3))
-    i_mem = torch.empty(layout.only_i_total, dtype=torch.long)
-    j_mem = torch.empty(layout.only_j_total, dtype=torch.long)
-    i_w = torch.empty(layout.only_i_total, dtype=torch.float32)
-    j_w = torch.empty(layout.only_j_total, dtype=torch.float32)
-    pi, pj = _pair_columns(pairs)
+    offsets = [torch.empty(num_pairs + 1, dtype=torch.long) for _ in range(3)]
+    pair_weights = [torch.empty(num_pairs, dtype=torch.float32) for _ in range(2)]
+    graph, pair_array = (_np(indptr), _np(indices)), _pairs(pairs)
+    _split_layout(graph[0], pair_array, counts.numpy(), cap, *(t.numpy() for t in offsets + pair_weights))
+    (c_off, i_off, j_off), (w_i, w_j) = offsets, pair_weights
+    c_total, i_total, j_total = int(c_off[-1]), int(i_off[-1]), int(j_off[-1])
+    c_mem, pos_i, pos_j = (torch.empty(c_total, dtype=torch.long) for _ in range(3))
+    c_w = torch.empty(c_total, dtype=torch.float32)
+    i_mem, i_w = torch.empty(i_total, dtype=torch.long), torch.empty(i_total, dtype=torch.float32)
+    j_mem, j_w = torch.empty(j_total, dtype=torch.long), torch.empty(j_total, dtype=torch.float32)
     _run_ranges(
-        _split_fill, pairs.size(0), _np(indptr), _np(indices), pi, pj, cap, *layout.salts(seed),
-        _np(layout.weight_i), _np(layout.weight_j),
-        _np(layout.common_offsets), c_mem.numpy(), pos_i.numpy(), pos_j.numpy(),
-        _np(layout.only_i_offsets), i_mem.numpy(), i_w.numpy(),
-        _np(layout.only_j_offsets), j_mem.numpy(), j_w.numpy(),
+        _split_fill, num_pairs, *graph, pair_array, cap, *SplitLayout.salts(seed),
+        w_i.numpy(), w_j.numpy(),
+        c_off.numpy(), c_mem.numpy(), c_w.numpy(), pos_i.numpy(), pos_j.numpy(),
+        i_off.numpy(), i_mem.numpy(), i_w.numpy(), j_off.numpy(), j_mem.numpy(), j_w.numpy(),
     )  # fmt: skip
-    c_w = torch.ones(layout.common_total, dtype=torch.float32)
-    return (
-        layout.common_offsets, c_mem, c_w,
-        layout.only_i_offsets, i_mem, i_w,
-        layout.only_j_offsets, j_mem, j_w,
-    )  # fmt: skip
+    return c_off, c_mem, c_w, i_off, i_mem, i_w, j_off, j_mem, j_w
 
 
 def _ragged_arrays(offsets: Tensor, members: Tensor, weights: Tensor, dtype: torch.dtype):
