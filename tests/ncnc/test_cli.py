@@ -38,7 +38,9 @@ def checkpoint(graph_files, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"]])
+@pytest.mark.parametrize(
+    "command", [[], ["train"], ["evaluate"], ["export"], ["candidates"], ["score"]]
+)
 def test_help_of_every_command(command):
     result = CliRunner().invoke(cli, [*command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output
