@@ -160,32 +160,36 @@ def _shorter_first(bounds, r):
 
 
 @numba.njit(**_JIT)
-def _add_rows(found, count, b, src, dst, t0, t1, scatter):
-    """``dst[b] += src[u]`` (or ``dst[u] += src[b]`` when scattering) for ``u`` in ``found[:count]``."""
-    for f in range(count):
-        u = found[f]
-        if scatter:
+def _add_rows(found, count, b, src, dst, t0, t1, scatter, acc):
+    """For ``u`` in ``found[:count]``: ``acc += src[u]`` (forward; ``acc`` is a local row, so the
+    loop vectorises), or ``dst[u, t0:t1] += src[b, t0:t1]`` (scatter)."""
+    if scatter:
+        for f in range(count):
+            u = found[f]
             for t in range(t0, t1):
                 dst[u, t] += src[b, t]
-        else:
-            for t in range(t0, t1):
-                dst[b, t] += src[u, t]
+        return
+    for f in range(count):
+        u = found[f]
+        for t in range(t0, t1):
+            acc[t] += src[u, t]
 
 
 @numba.njit(**_JIT)
 def _cn_kernel(lo, hi, indptr, indices, src, pairs, dst, counts, scatter):
     """Visit the common neighbours ``u`` of pairs ``b``, in ascending order.
 
-    Forward (``scatter`` false): pairs ``lo:hi``; ``dst[b] += src[u]`` over all columns (``dst``
-    arrives zeroed) and ``counts[b]`` the number of ``u``; ``src`` without columns makes it a pure
-    count pass. Backward (``scatter`` true): every pair, columns ``lo:hi`` only; ``dst[u] += src[b]``.
-    The common neighbours found are buffered ``_AHEAD`` at a time with their feature rows
-    prefetched, then added.
+    Forward (``scatter`` false): pairs ``lo:hi``; ``dst[b] = sum src[u]`` over all columns (rows
+    of pairs without common neighbours are left as they are: zero) and ``counts[b]`` the number of
+    ``u``; ``src`` without columns makes it a pure count pass. Backward (``scatter`` true): every
+    pair, columns ``lo:hi`` only; ``dst[u] += src[b]``. The common neighbours found are buffered
+    ``_AHEAD`` at a time with their feature rows prefetched, then added.
     """
     b_lo, b_hi, t0, t1 = (0, pairs.shape[0], lo, hi) if scatter else (lo, hi, 0, src.shape[1])
     rows = dst if scatter else src
     bounds = np.empty((_GROUP, 4), dtype=np.int64)
     found = np.empty(_AHEAD, dtype=np.int64)
+    acc = np.zeros(t1 - t0, dtype=dst.dtype)
     for g0 in range(b_lo, b_hi, _GROUP):
         g1 = min(g0 + _GROUP, b_hi)
         _load_group(indptr, indices, pairs, g0, g1, bounds)
@@ -203,14 +207,18 @@ def _cn_kernel(lo, hi, indptr, indices, src, pairs, dst, counts, scatter):
                     _prefetch_row(rows, u, t0, t1)
                     found[c % _AHEAD] = u
                     if c % _AHEAD == _AHEAD - 1:
-                        _add_rows(found, _AHEAD, b, src, dst, t0, t1, scatter)
+                        _add_rows(found, _AHEAD, b, src, dst, t0, t1, scatter, acc)
                 c += 1
                 p += 1
                 q += 1
-            if t1 > t0:
-                _add_rows(found, c % _AHEAD, b, src, dst, t0, t1, scatter)
-            if not scatter:
-                counts[b] = c
+            if scatter:
+                _add_rows(found, c % _AHEAD, b, src, dst, t0, t1, scatter, acc)
+                continue
+            counts[b] = c
+            if c and t1 > t0:
+                _add_rows(found, c % _AHEAD, b, src, dst, t0, t1, scatter, acc)
+                dst[b, :] = acc
+                acc[:] = 0
 
 
 @numba.njit(**_JIT)
@@ -322,25 +330,41 @@ def _split_layout(indptr, pairs, counts, cap, c_off, i_off, j_off, w_i, w_j):
 
 
 @numba.njit(**_JIT)
-def _ragged_kernel(lo, hi, offsets, members, weights, src, dst, scatter):
-    """Forward: ``dst[b] += sum_k w_k src[m_k]`` for segments ``lo:hi``. Backward (``scatter``):
-    ``dst[m_k] += w_k src[b]`` for every segment, columns ``lo:hi`` only. The feature row of the
-    member ``_AHEAD`` places on is prefetched."""
-    b_lo, b_hi, t0, t1 = (0, offsets.shape[0] - 1, lo, hi) if scatter else (lo, hi, 0, src.shape[1])
-    rows = dst if scatter else src
-    end = offsets[b_hi]
-    for b in range(b_lo, b_hi):
+def _ragged_gather(lo, hi, offsets, members, weights, src, dst):
+    """``dst[b] = sum_k w_k src[m_k]`` for segments ``lo:hi`` (rows of empty segments untouched).
+
+    The sum is kept in a local row (no aliasing with ``dst``, so it vectorises) and the feature row
+    of the member ``_AHEAD`` places on is prefetched.
+    """
+    d = src.shape[1]
+    end = offsets[hi]
+    acc = np.zeros(d, dtype=dst.dtype)
+    for b in range(lo, hi):
+        if offsets[b] == offsets[b + 1]:
+            continue
+        acc[:] = 0
         for k in range(offsets[b], offsets[b + 1]):
             if k + _AHEAD < end:
-                _prefetch_row(rows, members[k + _AHEAD], t0, t1)
+                _prefetch_row(src, members[k + _AHEAD], 0, d)
             m = members[k]
             w = weights[k]
-            if scatter:
-                for t in range(t0, t1):
-                    dst[m, t] += w * src[b, t]
-            else:
-                for t in range(t0, t1):
-                    dst[b, t] += w * src[m, t]
+            for t in range(d):
+                acc[t] += w * src[m, t]
+        dst[b, :] = acc
+
+
+@numba.njit(**_JIT)
+def _ragged_scatter(t0, t1, offsets, members, weights, src, dst):
+    """``dst[m_k, t0:t1] += w_k src[b, t0:t1]`` for every member of every segment."""
+    end = offsets[-1]
+    for b in range(offsets.shape[0] - 1):
+        for k in range(offsets[b], offsets[b + 1]):
+            if k + _AHEAD < end:
+                _prefetch_row(dst, members[k + _AHEAD], t0, t1)
+            m = members[k]
+            w = weights[k]
+            for t in range(t0, t1):
+                dst[m, t] += w * src[b, t]
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,7 +495,7 @@ def weighted_gather_sum_cpu(offsets: Tensor, members: Tensor, weights: Tensor, x
     xf = _float_rows(x)
     out = _zeros(offsets.numel() - 1, x.size(1), dtype=xf.dtype)
     ragged = _ragged_arrays(offsets, members, weights, xf.dtype)
-    _run_ranges(_ragged_kernel, out.size(0), *ragged, _np(xf), out.numpy(), False)
+    _run_ranges(_ragged_gather, out.size(0), *ragged, _np(xf), out.numpy())
     return out
 
 
@@ -481,5 +505,5 @@ def weighted_gather_sum_backward_cpu(
     grad = grad.detach().contiguous()
     grad_x = _zeros(num_rows, grad.size(1), dtype=grad.dtype)
     ragged = _ragged_arrays(offsets, members, weights, grad.dtype)
-    _run_columns(_ragged_kernel, grad.size(1), members.numel(), *ragged, grad.numpy(), grad_x.numpy(), True)
+    _run_columns(_ragged_scatter, grad.size(1), members.numel(), *ragged, grad.numpy(), grad_x.numpy())
     return grad_x
