@@ -183,10 +183,15 @@ def _export_program(predictor: PairPredictor, spec: ScoringSpec, graph: CSRGraph
 
 def _example_subgraph(graph: CSRGraph, levels: list[Tensor],
                       nodes: int = 64) -> tuple[CSRGraph, list[Tensor]]:
-    nodes = min(nodes, graph.num_nodes)
-    edge_index = graph.edge_index()
-    inside = (edge_index < nodes).all(0)
-    return build_csr(edge_index[:, inside], nodes), [t[:nodes].clone() for t in levels]
+    """A hub and its first neighbours, relabelled 0..k-1: small, and never without edges."""
+    hub = int(torch.argmax(graph.degree()))
+    neighbours = graph.indices[graph.indptr[hub]:graph.indptr[hub + 1]].long()
+    keep = torch.cat([torch.tensor([hub]), neighbours[: nodes - 1]])
+    relabel = torch.full((graph.num_nodes,), -1, dtype=torch.long)
+    relabel[keep] = torch.arange(keep.numel())
+    edge_index = relabel[graph.edge_index()]
+    inside = (edge_index >= 0).all(0)
+    return build_csr(edge_index[:, inside], keep.numel()), [t[keep].clone() for t in levels]
 
 
 def _validation_pairs(graph: CSRGraph, count: int, seed: int) -> Tensor:

@@ -13,7 +13,7 @@ from ncnc.errors import InputError
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.config import ModelKind, resolve_config
 from trainer.data import GraphData, load_edge_list, load_planetoid, read_pairs
-from trainer.splits import random_edge_split
+from trainer.splits import random_edge_split, reference_planetoid_split
 from trainer.training import (
     EpochRecord,
     TrainingGraph,
@@ -66,10 +66,13 @@ def train(request: TrainRequest) -> dict[str, Any]:
         train_flags=request.train_overrides,
     )
     device = resolve_device(request.device)
-    split = random_edge_split(
-        graph.edges, graph.num_nodes, cfg.train.val_fraction, cfg.train.test_fraction,
-        torch.Generator().manual_seed(cfg.train.seed),
-    )
+    if request.dataset is not None:  # the paper's protocol, split for split
+        split = reference_planetoid_split(graph.edges, graph.num_nodes, cfg.train.seed)
+    else:
+        split = random_edge_split(
+            graph.edges, graph.num_nodes, cfg.train.val_fraction, cfg.train.test_fraction,
+            torch.Generator().manual_seed(cfg.train.seed),
+        )
     if split.train.size(0) == 0 or split.valid.size(0) == 0:
         raise InputError(
             f"the graph has {graph.edges.size(0)} edges: too few to hold out validation edges "

@@ -337,7 +337,13 @@ def load_planetoid(name: str, data_root: Path | None) -> GraphData:
 
     from torch_geometric.datasets import Planetoid  # heavy import, only needed here
 
-    data = Planetoid(root=str(root), name=pyg_name)[0]
+    try:
+        data = Planetoid(root=str(root), name=pyg_name)[0]
+    except OSError as exc:  # no raw files and no network (aiohttp errors are OSErrors too)
+        raise InputError(
+            f"dataset {name}: raw files not found under {root / pyg_name / 'raw'} and the "
+            f"download failed ({type(exc).__name__}); pass --data-root with <Name>/raw inside"
+        ) from exc
     num_nodes = int(data.num_nodes)
     edges, stats = _canonical_edges(data.edge_index[0], data.edge_index[1], num_nodes)
     logger.info(

@@ -249,3 +249,42 @@ def _negatives_by_rejection(
         f"could not draw {num} negative pairs among {num_nodes} nodes in {_MAX_ROUNDS} rounds "
         f"(acceptance rate {rate:.2g}); the graph is too dense for uniform negative sampling"
     )
+
+
+def reference_planetoid_split(edges: Tensor, num_nodes: int, seed: int) -> EdgeSplit:
+    """The official code's Cora / CiteSeer / Pubmed split, reproduced draw for draw.
+
+    GraphPKU/NeuralCommonNeighbor (``ogbdataset.randomsplit``) seeds torch's global generator with
+    the run's seed, calls PyG's ``train_test_split_edges(data, 0.2, 0.2)``, then shuffles the
+    validation positives and moves half of them back into training (70 / 10 / 20). Its validation
+    negatives are all of that call's validation negatives (as many as 20% of the edges), its test
+    negatives as many as the test positives. Running the same calls on the same edge order gives
+    the very same split, so our figures compare with the paper's seed for seed. The global
+    generator's state is restored afterwards.
+    """
+    import warnings
+
+    from torch_geometric.data import Data
+    from torch_geometric.utils import to_undirected, train_test_split_edges
+
+    def canonical(edge_index: Tensor) -> Tensor:
+        edge_index = to_undirected(edge_index)
+        return edge_index[:, edge_index[0] < edge_index[1]].t().contiguous()
+
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)  # the function is deprecated
+        torch.manual_seed(seed)
+        # PyG's Planetoid stores edge_index sorted by target node: the flip of our row-sorted
+        # symmetric list. The split depends on that order, so reproduce it.
+        data = Data(edge_index=to_undirected(edges.t()).flip(0), num_nodes=num_nodes)
+        data = train_test_split_edges(data, 0.2, 0.2)
+        val_pos = data.val_pos_edge_index
+        num_val = int(val_pos.size(1) * 0.1 / 0.2)
+        val_pos = val_pos[:, torch.randperm(val_pos.size(1))]
+    return EdgeSplit(
+        train=canonical(torch.cat([data.train_pos_edge_index, val_pos[:, :-num_val]], dim=1)),
+        valid=canonical(val_pos[:, -num_val:]),
+        valid_neg=canonical(data.val_neg_edge_index),
+        test=canonical(data.test_pos_edge_index),
+        test_neg=canonical(data.test_neg_edge_index),
+    )

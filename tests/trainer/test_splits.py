@@ -8,7 +8,7 @@ import torch
 
 from ncnc.errors import InputError
 from trainer import splits
-from trainer.splits import EdgeSplit, random_edge_split, sample_negatives
+from trainer.splits import EdgeSplit, random_edge_split, sample_negatives, reference_planetoid_split
 
 
 def _graph(num_nodes: int, num_edges: int, seed: int = 0) -> torch.Tensor:
@@ -146,3 +146,22 @@ def test_rejection_path_collects_every_non_edge_over_several_rounds(monkeypatch)
     negatives = sample_negatives(20, 180, edges, torch.Generator().manual_seed(0))  # all 180
     assert len(rounds) > 1 and len(negatives) == 180
     _assert_non_edges(negatives, edges, 20)
+
+
+def test_reference_planetoid_split_follows_the_official_protocol():
+    # A ring plus chords: 200 nodes, 400 undirected edges.
+    n = 200
+    ring = torch.stack([torch.arange(n), (torch.arange(n) + 1) % n], 1)
+    chords = torch.stack([torch.arange(n), (torch.arange(n) + 7) % n], 1)
+    edges = torch.sort(torch.cat([ring, chords]), dim=1).values
+    edges = edges[torch.argsort(edges[:, 0] * n + edges[:, 1])]
+    split = reference_planetoid_split(edges, n, seed=0)
+    assert (split.train.size(0), split.valid.size(0), split.test.size(0)) == (280, 40, 80)
+    assert split.valid_neg.size(0) == 80 and split.test_neg.size(0) == 80  # 20% worth each
+    keys = lambda e: set((e[:, 0] * n + e[:, 1]).tolist())  # noqa: E731
+    assert keys(split.train) | keys(split.valid) | keys(split.test) == keys(edges)
+    assert not keys(split.train) & keys(split.test) and not keys(split.valid) & keys(split.test)
+    assert not (keys(split.valid_neg) | keys(split.test_neg)) & keys(edges)
+    again = reference_planetoid_split(edges, n, seed=0)
+    assert torch.equal(again.test, split.test)
+    assert not torch.equal(reference_planetoid_split(edges, n, seed=1).test, split.test)
