@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
-NODES = 30_000
+NODES = 20_000
 
 
 def ncnc(*args: str) -> dict:

@@ -50,7 +50,7 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 @triton.jit
 def _search_steps(length):
     """Iterations a binary search over ``length`` entries needs: the bit length of ``length``."""
-    steps = 0
+    steps = tl.full([], 0, tl.int32)
     while length > 0:
         length = length >> 1
         steps += 1
@@ -229,8 +229,8 @@ def _fill_difference(
             mask = k < cap
             rank = _slot_hash(i, j, k, salt) % size
             # m = #{t : pos[t] - t <= rank}, a lower bound over the non-decreasing pos[t] - t.
-            lo = tl.zeros_like(k)
-            hi = tl.zeros_like(k) + common
+            lo = tl.zeros([BLOCK_K], dtype=tl.int64)
+            hi = lo + common
             for _ in range(pos_steps):
                 active = mask & (lo < hi)
                 mid = (lo + hi) >> 1
@@ -457,10 +457,10 @@ def common_neighbor_count_triton(indptr: Tensor, indices: Tensor, pairs: Tensor)
     counts = torch.empty(pairs.size(0), dtype=torch.int64, device=indptr.device)
     if pairs.size(0) == 0:
         return counts
-    dummy = counts.new_empty(0, dtype=torch.float32)
+    unused = counts  # the feature pointers are never read in count mode
     _launch(
-        _cn_forward, (pairs.size(0), 1), indptr, indices, pairs, dummy, dummy, counts, dummy,
-        dummy, 1, 0, 0, 0, 0, _deg_key(indptr, pairs), MODE=MODE_COUNT,
+        _cn_forward, (pairs.size(0), 1), indptr, indices, pairs, unused, unused, counts, unused,
+        unused, 1, 0, 0, 0, 0, _deg_key(indptr, pairs), MODE=MODE_COUNT,
     )  # fmt: skip
     return counts
 

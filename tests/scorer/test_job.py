@@ -16,7 +16,7 @@ from ncnc.cli import cli
 from ncnc.errors import InputError
 from ncnc.tables import IdMap
 from scorer.job import score_files, score_table
-from tests.scorer.conftest import FakeScorer, random_pairs
+from tests.scorer.conftest import random_pairs
 from tests.scorer.test_ranking import full_sort_top_k
 
 
