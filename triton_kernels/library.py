@@ -30,8 +30,20 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from triton_kernels import common_neighbors_cpu as cpu
 from triton_kernels import common_neighbors_triton as gpu
+
+try:
+    from triton_kernels import common_neighbors_cpu as cpu
+except ImportError as _missing:  # numba is a dependency, but a CUDA-only setup may lack it
+
+    class _CPUUnavailable:
+        def __getattr__(self, name: str):
+            def unavailable(*args, **kwargs):
+                raise RuntimeError(f"the CPU common-neighbour kernels need numba: {_missing}")
+
+            return unavailable
+
+    cpu = _CPUUnavailable()
 
 # (offsets, members, weights) of the common part, N(i) \ N(j) and N(j) \ N(i).
 _Split = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]

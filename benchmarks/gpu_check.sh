@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One prepared check for a session that has a GPU (H100 / H200), under 10 minutes:
+#   1. the common-neighbour tests with CUDA present (Triton kernels against the references and the
+#      CPU twin, plus the interpreter and CPU tests),
+#   2. the benchmark on the GPU (Triton kernels and the adjoverlap-style baseline, both on CUDA),
+#      printing pairs/s and achieved memory bandwidth,
+# and writes benchmarks/results/common_neighbors_<gpu>.json and gpu_check_<gpu>.log (copied to
+# $OUT too when that is set, as on the lent device machine).
+#
+#   bash benchmarks/gpu_check.sh                 # from the repository root
+#   BENCH_ARGS="--pairs 200000" bash benchmarks/gpu_check.sh
+#
+# Python: an existing python3 whose torch sees CUDA is used as it is (missing small dependencies
+# are pip-installed when an index is reachable); otherwise a venv .venv-gpu is created with the
+# default (CUDA) torch wheel and this package with its [gpu,dev] extras.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+TEST_TIMEOUT=${TEST_TIMEOUT:-240}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-300}
+BENCH_ARGS=${BENCH_ARGS:-}
+
+cuda_python() {
+    "$1" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null
+}
+
+if [[ -x .venv/bin/python ]] && cuda_python .venv/bin/python; then
+    PY=.venv/bin/python
+elif command -v python3 >/dev/null && cuda_python python3; then
+    PY=python3
+else
+    echo "== no python with CUDA torch: creating .venv-gpu"
+    python3 -m venv .venv-gpu
+    PY=.venv-gpu/bin/python
+    "$PY" -m pip install --quiet --upgrade pip
+    "$PY" -m pip install --quiet torch
+    "$PY" -m pip install --quiet -e ".[gpu,dev]"
+    cuda_python "$PY" || { echo "torch in .venv-gpu does not see a GPU" >&2; exit 1; }
+fi
+
+missing=$("$PY" - <<'EOF'
+import importlib.util
+print(" ".join(m for m in ("triton", "numba", "pytest", "numpy") if importlib.util.find_spec(m) is None))
+EOF
+)
+if [[ -n "$missing" ]]; then
+    echo "== installing missing modules: $missing"
+    "$PY" -m pip install --quiet $missing || echo "warning: could not install $missing; tests needing them fail" >&2
+fi
+
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
+SLUG=$(echo "$GPU" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '_' | sed 's/^_*//; s/_*$//')
+mkdir -p benchmarks/results
+LOG="benchmarks/results/gpu_check_${SLUG}.log"
+RESULT="benchmarks/results/common_neighbors_${SLUG}.json"
+{
+    echo "device: $GPU"
+    echo "python: $PY ($("$PY" -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)'))"
+    date -u +"started: %Y-%m-%dT%H:%M:%SZ"
+} | tee "$LOG"
+
+status=0
+echo "== tests (CUDA present): tests/triton_kernels" | tee -a "$LOG"
+# --noconftest: these tests need none of the repository-wide fixtures (or their dependencies).
+# One fixed Triton configuration for the many small cases (autotuning compiles and times every
+# configuration for each new shape), then the larger CUDA cases again with autotuning.
+timeout "$TEST_TIMEOUT" env -u TRITON_INTERPRET NCNC_TRITON_AUTOTUNE=0 "$PY" -m pytest \
+    tests/triton_kernels -q -rs --noconftest -p no:cacheprovider 2>&1 | tee -a "$LOG" || status=1
+timeout "$TEST_TIMEOUT" env -u TRITON_INTERPRET NCNC_TRITON_AUTOTUNE=1 "$PY" -m pytest \
+    tests/triton_kernels -q -rs --noconftest -p no:cacheprovider -k cuda_larger_batch 2>&1 \
+    | tee -a "$LOG" || status=1
+
+echo "== benchmark on $GPU" | tee -a "$LOG"
+# shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
+timeout "$BENCH_TIMEOUT" env -u TRITON_INTERPRET "$PY" benchmarks/bench_common_neighbors.py \
+    --device cuda --repeats 3 --out "$RESULT" $BENCH_ARGS 2>&1 | tee -a "$LOG" || status=1
+
+date -u +"finished: %Y-%m-%dT%H:%M:%SZ (status $status)" | tee -a "$LOG"
+if [[ -n "${OUT:-}" ]]; then
+    cp "$LOG" "$OUT"/ && { [[ ! -f "$RESULT" ]] || cp "$RESULT" "$OUT"/; }
+fi
+exit "$status"
