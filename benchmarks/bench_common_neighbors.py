@@ -17,8 +17,10 @@ replacement reweighted ``|S| / cap`` (its ``sparsesample_reweight``), then a spa
 matmul with ``x``. Both run on the same graph tensors, in the same chunks of ``--chunk`` pairs, one
 after the other in the same process; the ratio is baseline time / our time.
 
-On CUDA it also prints the achieved memory bandwidth: bytes that must be read (the shorter row of
-each pair, and for the split both rows; the ``x`` rows summed; the pairs and row pointers) / time.
+It also reports our achieved memory bandwidth: bytes that must be read (the shorter row of each
+pair, and for the split both rows; the ``x`` rows summed; the pairs and row pointers) / time. Where
+that approaches the machine's bandwidth (split+gather at d = 256 reads about 1 KB of ``x`` per
+neighbour), neither implementation can go much faster: the baseline reads the same rows.
 
     python benchmarks/bench_common_neighbors.py                                  # full size, CPU
     python benchmarks/bench_common_neighbors.py --nodes 100000 --edges 1000000 --pairs 100000
@@ -256,14 +258,20 @@ def summarise(graph, pairs, d, x, set_name, op, times, args) -> dict:
             baseline_runs_s=[round(t, 4) for t in times["baseline"]],
             ratio=round(base / ours, 2),
         )
-    if x.device.type == "cuda":
-        members = members_summed(graph, pairs, op, args)
-        row["gbytes_read"] = round(bytes_read(graph, pairs, d, x.element_size(), op, members) / 1e9, 3)
-        row["ours_gb_per_s"] = round(row["gbytes_read"] / ours, 1)
+    members = members_summed(graph, pairs, set_name, op, args)
+    row["x_rows_summed"] = members
+    row["gbytes_read"] = round(bytes_read(graph, pairs, d, x.element_size(), op, members) / 1e9, 3)
+    row["ours_gb_per_s"] = round(row["gbytes_read"] / ours, 2)
     return row
 
 
-def members_summed(graph: CSRGraph, pairs: Tensor, op: str, args) -> int:
+_members_cache: dict[tuple[str, str], int] = {}
+
+
+def members_summed(graph: CSRGraph, pairs: Tensor, set_name: str, op: str, args) -> int:
+    """How many ``x`` rows the step sums over the whole pair set (the same for every width)."""
+    if (set_name, op) in _members_cache:
+        return _members_cache[set_name, op]
     total = 0
     device = graph.indptr.device
     for chunk in pairs.to(device).split(args.chunk):
@@ -272,6 +280,7 @@ def members_summed(graph: CSRGraph, pairs: Tensor, op: str, args) -> int:
         else:
             split = tk.neighbor_split(graph.indptr, graph.indices, chunk, args.cap)
             total += sum(p.members.numel() for p in (split.common, split.only_i, split.only_j))
+    _members_cache[set_name, op] = total
     return total
 
 

@@ -239,6 +239,20 @@ def test_zero_and_one_pair(device, num_pairs):
     assert got.shape == (num_pairs, 5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_int32_pairs_give_the_same_results(device):
+    graph, pairs = _graph("hub", device=device), _pairs("hub").to(device)
+    x = _features(graph.num_nodes, 6, torch.float32).to(device)
+    wide = tk.common_neighbor_sum(graph.indptr, graph.indices, x, pairs)
+    narrow = tk.common_neighbor_sum(graph.indptr, graph.indices, x, pairs.int())
+    assert_matches(narrow[1], wide[1], "counts")
+    assert_matches(narrow[0], wide[0], "sums")
+    assert_split_equal(
+        tk.neighbor_split(graph.indptr, graph.indices, pairs.int(), 3, 1),
+        tk.neighbor_split(graph.indptr, graph.indices, pairs, 3, 1),
+    )
+
+
 # --- gradients ---------------------------------------------------------------------------------
 
 
