@@ -64,6 +64,7 @@ def slot_hash(i: Tensor, j: Tensor, k: Tensor, salt: int) -> Tensor:
     Products may wrap in int64; only the low 32 bits are kept, so every backend that works in
     uint32 or wrapping int64 arithmetic reproduces it bit for bit.
     """
+    salt &= _MASK32  # only the low 32 bits count; keeps salt * constant inside int64 for any seed
     h = (i * 0x9E3779B1 + j * 0x85EBCA77 + k * 0xC2B2AE3D + salt * 0x27D4EB2F) & _MASK32
     h = h ^ (h >> 16)
     h = (h * 0x85EBCA6B) & _MASK32

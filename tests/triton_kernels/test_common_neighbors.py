@@ -204,6 +204,16 @@ def test_neighbor_split_matches_reference_bit_for_bit(device, graph_name, index_
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed", [-7, 2**40 + 3])
+def test_capping_accepts_any_seed(device, seed):
+    """Regression: the reference hash overflowed int64 for seeds beyond about 2**33."""
+    graph, pairs = _graph("random"), _pairs("random")
+    want = neighbor_split_reference(graph.indptr, graph.indices, pairs, 2, seed)
+    dev = graph.to(device)
+    assert_split_equal(tk.neighbor_split(dev.indptr, dev.indices, pairs.to(device), 2, seed), want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("member_dtype", INDEX_DTYPES)
 @pytest.mark.parametrize("d", [1, 37, 300])
 @pytest.mark.parametrize("dtype, atol, rtol", FLOAT_TOLERANCES)
