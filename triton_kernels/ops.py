@@ -165,7 +165,8 @@ def common_neighbor_sum(
 
     Args:
         indptr, indices: CSR graph (``int64`` / ``int32`` or ``int64``), rows sorted, no duplicates.
-        x: ``[n, d]`` float32 or float64 (float16 / bfloat16 too, accumulated in float32).
+        x: ``[n, d]`` float32 or float64; float16 / bfloat16 too, accumulated in float32 (the CPU
+            twin first widens a half ``x`` to float32, one copy of ``x`` per call).
         pairs: ``[B, 2]`` int32 or int64 node ids.
         check: fully validate the graph (see the module docstring).
 
