@@ -11,17 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ncnc.errors import InputError
+from ncnc.device import resolve_device
 from scorer.bundle import Bundle
 from scorer.pair_scoring import pair_logits
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was requested but no CUDA device is available")
-    return torch.device(device)
 
 
 class OnnxHead:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ncnc.device import resolve_device
 from ncnc.errors import InputError
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.config import ModelKind, resolve_config
@@ -18,7 +19,6 @@ from trainer.training import (
     EpochRecord,
     TrainingGraph,
     evaluate_split,
-    resolve_device,
     train_model,
     write_learning_curve,
 )

@@ -68,16 +68,6 @@ class TrainingResult:
     seconds: float = 0.0
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        from ncnc.errors import InputError
-
-        raise InputError("--device cuda was requested but no CUDA device is available")
-    return torch.device(device)
-
-
 def evaluate_split(
     model: LinkPredictionModel,
     features: Tensor | None,
