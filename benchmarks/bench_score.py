@@ -107,11 +107,12 @@ def build_bundle(workdir: Path, graph_dir: Path, model: str) -> tuple[Path, Path
 
 
 EAGER = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 import polars as pl, torch
 from trainer.checkpoint import load_checkpoint
 from trainer.training import TrainingGraph
+from scorer.job import peak_rss_mib
 torch.set_num_threads({threads})
 ck = load_checkpoint(Path({checkpoint!r}))
 graph = TrainingGraph(torch.cat([ck.split.train, ck.split.valid]), ck.config.model.num_nodes).graph
@@ -123,7 +124,7 @@ logits = ck.model.score(ck.features, graph, pairs, batch_size={batch_size})
 seconds = time.perf_counter() - started
 print(json.dumps({{"pairs": pairs.size(0), "seconds": seconds,
                   "pairs_per_second": pairs.size(0) / seconds,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+                  "peak_rss_mib": peak_rss_mib()}}))
 """
 
 
