@@ -91,6 +91,7 @@ def export_bundle(
 ) -> dict[str, Any]:
     """Write a validated bundle directory at ``out`` (replacing an earlier one only on success)."""
     started = time.perf_counter()
+    _check_replaceable(out)
     ck = load_checkpoint(checkpoint, "cpu")
     graph = _inference_graph(ck, edges)
     spec = _spec(ck)
@@ -260,11 +261,14 @@ def _runtime_versions() -> dict[str, str]:
     return {"onnxruntime": onnxruntime.__version__}
 
 
-def _replace_directory(staging: Path, out: Path) -> None:
-    """Move the finished bundle into place; an earlier bundle is replaced only now."""
+def _check_replaceable(out: Path) -> None:
+    """Refuse, before any work, to replace something that is not an earlier bundle."""
     if out.exists() and not (out / "manifest.json").exists() and any(out.iterdir()):
         raise InputError(f"--out {out} exists and is not an ncnc bundle; refusing to replace it")
-    backup = out.parent / f".{out.name}.old-{os.getpid()}"
+
+
+def _replace_directory(staging: Path, out: Path) -> None:
+    """Move the finished bundle into place; an earlier bundle is replaced only now."""    backup = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():
         out.rename(backup)
     staging.rename(out)

@@ -83,3 +83,12 @@ def test_graph_refresh_with_an_unknown_node_is_a_clear_error(checkpoints, tmp_pa
     with pytest.raises(InputError, match="cannot embed.*stranger"):
         export_bundle(checkpoints["ncn"], tmp_path / "b", edges=snapshot)
     assert not (tmp_path / "b").exists()
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_bundle(checkpoints, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "data.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not an ncnc bundle"):
+        export_bundle(checkpoints["gae"], out)
+    assert (out / "data.txt").read_text() == "keep me"
