@@ -268,7 +268,8 @@ def _check_replaceable(out: Path) -> None:
 
 
 def _replace_directory(staging: Path, out: Path) -> None:
-    """Move the finished bundle into place; an earlier bundle is replaced only now."""    backup = out.parent / f".{out.name}.old-{os.getpid()}"
+    """Move the finished bundle into place; an earlier bundle is replaced only now."""
+    backup = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():
         out.rename(backup)
     staging.rename(out)
