@@ -139,11 +139,16 @@ def export(checkpoint: Path, out: Path, edges: Path | None) -> None:
               help="What to do with ids that are not nodes of the graph.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the run report (rows, skips, time, pairs/s, peak memory) as JSON.")
+@click.option("--resume", is_flag=True,
+              help="Keep finished work beside --out (.<name>.resume/) and continue from it: a "
+                   "killed run started again with --resume redoes only the unfinished part.")
+@click.option("--resume-every", type=click.IntRange(min=1), default=1 << 20,
+              help="With --resume: input rows per committed chunk of work.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors_exit_2
 def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out: Path,
           top_k: int | None, per_source: bool, batch_size: int, device: str, on_unknown: str,
-          report: Path | None, quiet: bool) -> None:
+          report: Path | None, resume: bool, resume_every: int, quiet: bool) -> None:
     """Score candidate pairs from Parquet into Parquet, streaming; print the report as JSON."""
     from scorer.job import ScoreRequest, score_pairs
 
@@ -152,7 +157,7 @@ def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out
     click.echo(json.dumps(score_pairs(ScoreRequest(
         bundle=bundle, pairs=[*pairs, *more_pairs], out=out, top_k=top_k, per_source=per_source,
         batch_size=batch_size, device=device, on_unknown=on_unknown, report=report,
-        progress=not quiet,
+        progress=not quiet, resume=resume, resume_every=resume_every,
     ))))
 
 

@@ -94,6 +94,11 @@ class Bundle:
         return self.spec.num_nodes
 
     @property
+    def checksum(self) -> str:
+        """sha256 of the manifest, which lists every file's sha256: identifies the bundle."""
+        return sha256(self.path / MANIFEST)
+
+    @property
     def head_path(self) -> Path:
         return self.path / HEAD_FILE
 

@@ -18,11 +18,12 @@ first, equal scores by input position, the earlier first.
 
 from __future__ import annotations
 
+import itertools
 import json
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -30,23 +31,28 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
 from ncnc.errors import InputError
 from ncnc.tables import IdMap
 from scorer.ranking import RANK, RunningTopK
+from scorer.resume import Chunk, ResumeStore, job_fingerprint
 from scorer.stream import (
     PAIR_COLUMNS,
     AtomicParquetWriter,
+    PairBatch,
     check_no_nulls,
     expand_inputs,
     inspect_pair_files,
     iter_pair_batches,
     refuse_overwriting,
 )
+from triton_kernels.completion import reproducible_sigmoid
 
 DEFAULT_BATCH_SIZE = 65536
+DEFAULT_RESUME_EVERY = 1 << 20
 OnUnknown = Literal["error", "skip"]
 SKIPPED_UNKNOWN = "unknown_id"  # reason key in the report's "skipped"
 ROW = "row"
@@ -108,8 +114,9 @@ def score_table(scorer: PairScorer, id_map: IdMap, table: pl.DataFrame | pa.Tabl
     logits = logits.detach().to("cpu", torch.float32).reshape(-1).numpy()
     if logits.size != frame.height:
         raise RuntimeError(f"scorer returned {logits.size} logits for {frame.height} pairs")
-    with np.errstate(over="ignore"):
-        prob = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+    # Not np.exp: its vectorised and scalar paths differ in the last bit, so a pair's prob
+    # would depend on its place in the batch.
+    prob = reproducible_sigmoid(torch.from_numpy(logits)).to(torch.float32).numpy()
     return frame.with_columns(
         pl.col(c).cast(id_map.ids.dtype) for c in PAIR_COLUMNS
     ).with_columns(
@@ -146,7 +153,9 @@ def peak_rss_mib() -> float:
 def score_files(scorer: PairScorer, id_map: IdMap, pairs: Sequence[Path | str], out: Path, *,
                 top_k: int | None = None, per_source: bool = False,
                 batch_size: int = DEFAULT_BATCH_SIZE, on_unknown: OnUnknown = "error",
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, resume: bool = False,
+                resume_every: int = DEFAULT_RESUME_EVERY,
+                job_key: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Stream the pairs of ``pairs`` through ``scorer`` into the Parquet file ``out``.
 
     Args:
@@ -162,11 +171,17 @@ def score_files(scorer: PairScorer, id_map: IdMap, pairs: Sequence[Path | str], 
         batch_size: rows read, scored and written at a time; memory grows with it.
         on_unknown: ``"error"`` or ``"skip"`` rows whose ids are not nodes of the graph.
         progress: show a progress bar (pairs/s) on stderr.
+        resume: keep finished work in ``.<out name>.resume`` beside ``out`` (committed every
+            ``resume_every`` input rows) and continue from the work a killed or failed run of the
+            same job left there; see :mod:`scorer.resume`. The output is the same as without.
+        resume_every: input rows per committed chunk (rounded up to whole batches).
+        job_key: what else identifies the job for ``resume`` (e.g. the bundle's checksum).
 
     Returns:
         The report: ``inputs``, ``output``, ``rows_read``, ``rows_scored``, ``rows_skipped``,
-        ``skipped`` (reason -> count), ``rows_written``, ``top_k``, ``per_source``,
-        ``batch_size``, ``seconds``, ``pairs_per_second``, ``peak_rss_mib``.
+        ``skipped`` (reason -> count), ``rows_written``, ``rows_resumed`` (input rows whose work
+        an earlier run had finished), ``top_k``, ``per_source``, ``batch_size``, ``seconds``,
+        ``pairs_per_second`` (rows this run scored), ``peak_rss_mib``.
 
     Raises:
         InputError: bad paths, files, columns, nulls, id types or (with ``on_unknown="error"``)
@@ -178,35 +193,34 @@ def score_files(scorer: PairScorer, id_map: IdMap, pairs: Sequence[Path | str], 
         raise InputError(f"--top-k must be at least 1, got {top_k}")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    if resume_every < 1:
+        raise InputError(f"--resume-every must be at least 1, got {resume_every}")
     started = time.perf_counter()
     out = Path(out)
     files = expand_inputs(pairs)
     refuse_overwriting(out, files)
-    total = sum(inspect_pair_files(files, id_kind_expected=id_map.kind))
-    top = RunningTopK(top_k, by="src" if per_source else None) if top_k is not None else None
-    rows_read = rows_scored = 0
-    schema = output_schema(id_map, ranked=top is not None)
-    with AtomicParquetWriter(out, schema) as writer, tqdm(
-        total=total, unit="pairs", unit_scale=True, desc="score", disable=not progress,
-        file=sys.stderr,
-    ) as bar:
-        for batch in iter_pair_batches(files, batch_size):
-            frame = batch.frame
-            if top is not None:
-                frame = frame.with_columns(
-                    pl.int_range(batch.row, batch.row + frame.height, dtype=pl.Int64).alias(ROW))
-            scored = score_table(scorer, id_map, frame, what=batch.what, on_unknown=on_unknown)
-            rows_read += frame.height
-            rows_scored += scored.height
-            if top is not None:
-                top.push(scored)
-            else:
-                writer.write(scored)
-            bar.update(frame.height)
-        if top is not None:
-            top.push(pl.DataFrame(schema={**schema, ROW: pl.Int64()}).drop(RANK))
-            writer.write(top.result().select(schema.names()))
+    row_counts = inspect_pair_files(files, id_kind_expected=id_map.kind)
+    job = _Job(scorer, id_map, on_unknown, top_k, per_source,
+               output_schema(id_map, ranked=top_k is not None))
+    with tqdm(total=sum(row_counts), unit="pairs", unit_scale=True, desc="score",
+              disable=not progress, file=sys.stderr) as bar:
+        job.bar = bar
+        if resume:
+            options = {**(job_key or {}), "top_k": top_k, "per_source": per_source,
+                       "batch_size": batch_size, "on_unknown": on_unknown,
+                       "resume_every": resume_every, "schema": str(job.schema)}
+            rows_resumed, rows_scored, rows_written = _score_resumable(
+                job, files, row_counts, out, batch_size, resume_every,
+                job_fingerprint(files, options))
+        else:
+            rows_resumed = 0
+            with AtomicParquetWriter(out, job.schema) as writer:
+                _, rows_scored, kept = job.score(iter_pair_batches(files, batch_size), writer)
+                if kept is not None:
+                    writer.write(job.ranked(kept))
+            rows_written = writer.rows_written
     seconds = time.perf_counter() - started
+    rows_read = sum(row_counts)
     skipped = rows_read - rows_scored
     return {
         "inputs": [str(f) for f in files],
@@ -215,14 +229,107 @@ def score_files(scorer: PairScorer, id_map: IdMap, pairs: Sequence[Path | str], 
         "rows_scored": rows_scored,
         "rows_skipped": skipped,
         "skipped": {SKIPPED_UNKNOWN: skipped} if skipped else {},
-        "rows_written": writer.rows_written,
+        "rows_written": rows_written,
+        "rows_resumed": rows_resumed,
         "top_k": top_k,
         "per_source": per_source,
         "batch_size": batch_size,
         "seconds": round(seconds, 3),
-        "pairs_per_second": round(rows_read / seconds, 1) if seconds > 0 else None,
+        "pairs_per_second": (round((rows_read - rows_resumed) / seconds, 1)
+                             if seconds > 0 else None),
         "peak_rss_mib": round(peak_rss_mib(), 1),
     }
+
+
+@dataclass
+class _Job:
+    """The scoring of one job, shared by the direct and the resumable paths."""
+
+    scorer: PairScorer
+    id_map: IdMap
+    on_unknown: OnUnknown
+    top_k: int | None
+    per_source: bool
+    schema: pl.Schema
+    bar: Any = None
+
+    @property
+    def kept_schema(self) -> pl.Schema:
+        """Columns of the rows a top K keeps: the output's, with the input position for rank."""
+        return pl.Schema({**{k: v for k, v in self.schema.items() if k != RANK}, ROW: pl.Int64()})
+
+    def new_top(self) -> RunningTopK | None:
+        if self.top_k is None:
+            return None
+        top = RunningTopK(self.top_k, by="src" if self.per_source else None)
+        top.push(pl.DataFrame(schema=self.kept_schema))  # the columns, even of an empty stream
+        return top
+
+    def score(self, batches: Iterable[PairBatch], writer: AtomicParquetWriter
+              ) -> tuple[int, int, pl.DataFrame | None]:
+        """Score ``batches``: every row goes to ``writer``, or with a top K only the kept rows
+        are returned (columns :attr:`kept_schema`).
+
+        Returns (rows read, rows scored, kept rows or None).
+        """
+        top = self.new_top()
+        rows_read = rows_scored = 0
+        for batch in batches:
+            frame = batch.frame
+            if top is not None:
+                frame = frame.with_columns(
+                    pl.int_range(batch.row, batch.row + frame.height, dtype=pl.Int64).alias(ROW))
+            scored = score_table(self.scorer, self.id_map, frame, what=batch.what,
+                                 on_unknown=self.on_unknown)
+            rows_read += frame.height
+            rows_scored += scored.height
+            if top is not None:
+                top.push(scored.select(self.kept_schema.names()))
+            else:
+                writer.write(scored)
+            self.bar.update(frame.height)
+        return rows_read, rows_scored, None if top is None else top.kept()
+
+    def ranked(self, kept: pl.DataFrame) -> pl.DataFrame:
+        """The output rows of the top K among ``kept`` rows (with ``rank``)."""
+        top = self.new_top()
+        assert top is not None
+        top.push(kept)
+        return top.result().select(self.schema.names())
+
+
+def _score_resumable(job: _Job, files: Sequence[Path], row_counts: Sequence[int], out: Path,
+                     batch_size: int, resume_every: int, fingerprint: str) -> tuple[int, int, int]:
+    """Score chunk by chunk into the resume folder, then assemble ``out`` from the chunks.
+
+    Returns (rows resumed, rows scored, rows written).
+    """
+    with ResumeStore(out, fingerprint) as store:
+        rows_resumed = store.end_row
+        job.bar.update(rows_resumed)
+        batches = iter_pair_batches(files, batch_size, start_row=rows_resumed,
+                                    row_counts=row_counts)
+        chunk_schema = job.schema if job.top_k is None else job.kept_schema
+        for index, group in itertools.groupby(batches, key=lambda b: b.row // resume_every):
+            first_row = store.end_row
+            with AtomicParquetWriter(store.chunk_path(index), chunk_schema) as writer:
+                read, scored, kept = job.score(group, writer)
+                if kept is not None:
+                    writer.write(kept)
+            store.commit(Chunk(index, first_row, first_row + read, scored))
+        with AtomicParquetWriter(out, job.schema) as writer:
+            chunk_files = [store.chunk_path(chunk.index) for chunk in store.chunks]
+            if job.top_k is None:
+                for path in chunk_files:
+                    for part in pq.ParquetFile(path).iter_batches(batch_size=1 << 19):
+                        writer.write(pl.DataFrame(pl.from_arrow(part)))
+            else:
+                kept = pl.concat([pl.read_parquet(path) for path in chunk_files]
+                                 or [pl.DataFrame(schema=job.kept_schema)])
+                writer.write(job.ranked(kept))
+        rows_scored = store.rows_scored
+    store.remove()
+    return rows_resumed, rows_scored, writer.rows_written
 
 
 @dataclass(frozen=True)
@@ -239,6 +346,8 @@ class ScoreRequest:
     on_unknown: OnUnknown = "error"
     report: Path | None = None
     progress: bool = True
+    resume: bool = False
+    resume_every: int = DEFAULT_RESUME_EVERY
 
 
 def score_pairs(request: ScoreRequest) -> dict[str, Any]:
@@ -257,7 +366,8 @@ def score_pairs(request: ScoreRequest) -> dict[str, Any]:
     report = score_files(
         scorer, bundle.id_map, request.pairs, request.out, top_k=request.top_k,
         per_source=request.per_source, batch_size=request.batch_size,
-        on_unknown=request.on_unknown, progress=request.progress,
+        on_unknown=request.on_unknown, progress=request.progress, resume=request.resume,
+        resume_every=request.resume_every, job_key={"bundle": bundle.checksum},
     )
     report = {"bundle": str(request.bundle), "device": str(getattr(scorer, "device", request.device)),
               **report}

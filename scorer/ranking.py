@@ -119,16 +119,25 @@ class RunningTopK:
                 .drop("count")
             )
 
+    def kept(self) -> pl.DataFrame:
+        """The kept rows as pushed (with ``row``), sorted as :meth:`result` sorts them.
+
+        Pushing the ``kept()`` of several instances into a fresh one gives the top K of all the
+        rows they were offered: the way partial results (chunks, partitions) are merged.
+        """
+        self._merge()
+        if self._kept is None:
+            raise ValueError("RunningTopK.kept: no frame was pushed (not even an empty one)")
+        return self._kept
+
     def result(self) -> pl.DataFrame:
         """The kept rows with ``rank`` (1 = best; Int64) instead of ``row``.
 
         Sorted by rank, or by group and then rank when ``by`` is given.
         """
-        self._merge()
-        if self._kept is None:
-            raise ValueError("RunningTopK.result: no frame was pushed (not even an empty one)")
+        kept = self.kept()
         if self.by is None:
             rank = pl.int_range(1, pl.len() + 1, dtype=pl.Int64)
         else:
             rank = (pl.int_range(pl.len(), dtype=pl.Int64).over(self.by) + 1)
-        return self._kept.with_columns(rank.alias(RANK)).drop(self.row)
+        return kept.with_columns(rank.alias(RANK)).drop(self.row)

@@ -127,11 +127,17 @@ class PairBatch:
         return f"pairs file {self.path}"
 
 
-def iter_pair_batches(files: Sequence[Path], batch_size: int) -> Iterator[PairBatch]:
+def iter_pair_batches(files: Sequence[Path], batch_size: int, *, start_row: int = 0,
+                      row_counts: Sequence[int] | None = None) -> Iterator[PairBatch]:
     """Stream ``src``, ``dst`` of ``files`` in order, ``batch_size`` rows at a time.
 
     Batches never span two files; every batch but the last of each file has exactly
     ``batch_size`` rows. Memory stays bounded by a few batches whatever the file sizes.
+
+    ``start_row`` skips the rows before it (numbered over all files, as :attr:`PairBatch.row`),
+    without decoding the files it skips whole; ``row_counts`` (from :func:`inspect_pair_files`)
+    must then be given. Resuming at the end of an earlier batch yields the same batches as an
+    uninterrupted stream from there on.
 
     Raises:
         InputError: a file cannot be decoded, or a batch holds nulls (rows are numbered within
@@ -139,11 +145,17 @@ def iter_pair_batches(files: Sequence[Path], batch_size: int) -> Iterator[PairBa
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if start_row and (row_counts is None or len(row_counts) != len(files)):
+        raise ValueError("start_row needs the row count of every file")
     row = 0
-    for path in files:
-        file_row = 0
+    for index, path in enumerate(files):
+        if row_counts is not None and row + row_counts[index] <= start_row:
+            row += row_counts[index]
+            continue
+        skip = max(0, start_row - row)
+        file_row, row = skip, row + skip
         try:
-            batches = pl.scan_parquet(path).select(PAIR_COLUMNS).collect_batches(
+            batches = pl.scan_parquet(path).select(PAIR_COLUMNS).slice(skip).collect_batches(
                 chunk_size=batch_size, lazy=True)
         except Exception as exc:
             raise InputError(f"pairs file {path}: cannot be read as Parquet ({_reason(exc)})") from exc
@@ -217,11 +229,19 @@ class AtomicParquetWriter:
 
     def __enter__(self) -> AtomicParquetWriter:
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temps()
         arrow_schema = pl.DataFrame(schema=self.schema).to_arrow().schema
         # No dictionary pages: on scores and ids they cost 2-4x the write time for no smaller file.
         self._writer = pq.ParquetWriter(self.temp, arrow_schema, compression=self.compression,
                                         use_dictionary=False)
         return self
+
+    def _remove_stale_temps(self) -> None:
+        """Delete the temporary files of earlier writers of ``out`` killed before they could."""
+        for path in self.out.parent.glob(f".{glob.escape(self.out.name)}.tmp-*"):
+            pid = path.name.rsplit("-", 1)[1]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                path.unlink(missing_ok=True)
 
     def write(self, frame: pl.DataFrame) -> None:
         """Append ``frame`` (columns and dtypes exactly as ``schema``)."""
@@ -263,3 +283,13 @@ class AtomicParquetWriter:
                 with contextlib.suppress(Exception):
                     self._close()
                 self.temp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True

@@ -8,6 +8,7 @@ caller's ``inner_logits``, that the missing edge exists. The difference sets are
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,8 +31,39 @@ class Calibration:
     alpha: float
 
     def __call__(self, logits: Tensor) -> Tensor:
-        s = torch.sigmoid(self.probscale * (logits - self.proboffset))
-        return self.alpha * self.pt * s / (self.pt * s + 1 - s)
+        s = reproducible_sigmoid(self.probscale * (logits.double() - self.proboffset))
+        return (self.alpha * self.pt * s / (self.pt * s + 1 - s)).to(logits.dtype)
+
+
+# exp(-a) = 2^-k * exp(r), k = round(a / ln 2), r = k ln 2 - a in [-ln2 / 2, ln2 / 2]; ln 2 split
+# in two so that k * LN2_HI is exact (fdlibm's constants), exp(r) by its Taylor series (the
+# 14th term is below 1e-17 there).
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_TAYLOR = [1.0 / math.factorial(n) for n in range(14)]
+_SATURATE = 110.0  # exp(-110) rounds to 0 in float32
+
+
+def reproducible_sigmoid(z: Tensor) -> Tensor:
+    """``sigmoid(z)`` in float64 from additions, multiplications and divisions only.
+
+    ``torch.sigmoid`` (and ``exp``) on the CPU take a vectorised path for most elements and a
+    scalar one for the tail of a run, which differ in the last bit: an element's result would
+    depend on its position in the tensor, so a pair's score on its batch. Basic IEEE operations
+    are exactly rounded on every path, so this is bit-identical wherever an element sits; it
+    agrees with ``torch.sigmoid`` in float64 to about 1e-16.
+    """
+    z = z.double()
+    a = z.abs().clamp(max=_SATURATE)
+    k = torch.round(a / _LN2_HI)
+    r = (k * _LN2_HI - a) + k * _LN2_LO
+    series = torch.full_like(r, _TAYLOR[-1])
+    for coefficient in reversed(_TAYLOR[:-1]):
+        series = series * r + coefficient
+    # 2^-k from its bit pattern: exact, unlike pow on some paths.
+    scale = ((1023 - k.to(torch.int64)) << 52).view(torch.float64)
+    e = series * scale  # exp(-|z|)
+    return torch.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def completed_common_neighbor_sum(

@@ -27,7 +27,7 @@ def expected_scores(id_map, pairs: pl.DataFrame) -> pl.DataFrame:
     score = ((31 * src + 17 * dst) % 7).to(torch.float32)
     return pairs.with_columns(
         pl.Series("score", score.numpy(), dtype=pl.Float32),
-        pl.Series("prob", torch.sigmoid(score).numpy(), dtype=pl.Float32),
+        pl.Series("prob", torch.sigmoid(score.double()).float().numpy(), dtype=pl.Float32),
     )
 
 

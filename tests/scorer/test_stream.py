@@ -65,6 +65,21 @@ def test_streamed_batches_equal_one_in_memory_read(write_pairs, string_ids, batc
     assert all(h == batch_size for h in first_file[:-1])  # only a file's last batch is short
 
 
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_starting_at_a_batch_boundary_yields_the_rest_of_the_stream(write_pairs, string_ids,
+                                                                    batch_size):
+    frames = [random_pairs(string_ids, n, seed=n) for n in (61, 0, 30)]
+    files = [write_pairs(f, f"p{k}.parquet", row_group_size=7) for k, f in enumerate(frames)]
+    counts = [61, 0, 30]
+    full = list(iter_pair_batches(files, batch_size))
+    for skipped in range(len(full) + 1):
+        start = full[skipped].row if skipped < len(full) else 91
+        rest = list(iter_pair_batches(files, batch_size, start_row=start, row_counts=counts))
+        assert [(b.path, b.row, b.file_row) for b in rest] == [
+            (b.path, b.row, b.file_row) for b in full[skipped:]]
+        assert all(a.frame.equals(b.frame) for a, b in zip(rest, full[skipped:]))
+
+
 def test_nulls_are_reported_with_file_row_numbers(write_pairs):
     frame = pl.DataFrame({"src": ["a"] * 10, "dst": ["b"] * 8 + [None, None]})
     path = write_pairs(frame, "nulls.parquet", row_group_size=3)
