@@ -29,6 +29,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class PairSampler:
+    """Candidate pairs of a graph: half two hops apart (common neighbours exist), half uniform,
+    interleaved so that any prefix has both kinds."""
+
+    def __init__(self, edges, nodes: int) -> None:
+        import numpy as np
+
+        both = np.concatenate([edges, edges[:, ::-1]])
+        self.both = both[np.argsort(both[:, 0], kind="stable")]
+        self.starts = np.searchsorted(self.both[:, 0], np.arange(nodes + 1))
+        self.nodes = nodes
+
+    def sample(self, pairs: int, rng):
+        import numpy as np
+        import polars as pl
+
+        half = pairs // 2
+        pick = self.both[rng.integers(0, self.both.shape[0], half)]
+        first, middle = pick[:, 0], pick[:, 1]
+        degree_mid = self.starts[middle + 1] - self.starts[middle]
+        third = self.both[self.starts[middle] + (rng.random(half) * degree_mid).astype(np.int64), 1]
+        random_pairs = rng.integers(0, self.nodes, (pairs - half, 2))
+        src = np.empty(pairs, np.int64)
+        dst = np.empty(pairs, np.int64)
+        src[0::2], dst[0::2] = first, third
+        src[1::2], dst[1::2] = random_pairs[:, 0], random_pairs[:, 1]
+        return pl.DataFrame({"src": src, "dst": dst})
+
+
 def build_inputs(workdir: Path, nodes: int, degree: float, pairs: int, seed: int) -> Path:
     """Graph edges/features and the pairs files (cached in ``workdir``)."""
     import numpy as np
@@ -46,22 +75,8 @@ def build_inputs(workdir: Path, nodes: int, degree: float, pairs: int, seed: int
         (graph_dir / "edges.tmp.parquet").rename(graph_dir / "edges.parquet")
     pairs_file = workdir / f"pairs_{pairs}.parquet"
     if not pairs_file.exists():
-        edges = pl.read_parquet(graph_dir / "edges.parquet").to_numpy()
-        rng = np.random.default_rng(seed)
-        both = np.concatenate([edges, edges[:, ::-1]])
-        both = both[np.argsort(both[:, 0], kind="stable")]
-        starts = np.searchsorted(both[:, 0], np.arange(nodes + 1))
-        half = pairs // 2
-        pick = both[rng.integers(0, both.shape[0], half)]
-        first, middle = pick[:, 0], pick[:, 1]
-        degree_mid = starts[middle + 1] - starts[middle]
-        third = both[starts[middle] + (rng.random(half) * degree_mid).astype(np.int64), 1]
-        random_pairs = rng.integers(0, nodes, (pairs - half, 2))
-        src = np.empty(pairs, np.int64)
-        dst = np.empty(pairs, np.int64)
-        src[0::2], dst[0::2] = first, third  # interleaved so any prefix has both kinds
-        src[1::2], dst[1::2] = random_pairs[:, 0], random_pairs[:, 1]
-        frame = pl.DataFrame({"src": src, "dst": dst})
+        sampler = PairSampler(pl.read_parquet(graph_dir / "edges.parquet").to_numpy(), nodes)
+        frame = sampler.sample(pairs, np.random.default_rng(seed))
         frame.write_parquet(pairs_file.with_suffix(".tmp"), row_group_size=1_000_000)
         pairs_file.with_suffix(".tmp").rename(pairs_file)
     return graph_dir
