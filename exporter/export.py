@@ -31,6 +31,7 @@ from scorer.bundle import (
 )
 from scorer.engine import BatchScorer
 from scorer.pair_scoring import pair_logits
+from scorer.stream import remove_stale_temporaries, temporary_path
 from trainer.checkpoint import Checkpoint, library_versions, load_checkpoint
 from trainer.data import load_edge_list
 from trainer.model import PairPredictor
@@ -101,7 +102,8 @@ def export_bundle(
         levels = [h]
         for _ in range(spec.num_levels - 1):
             levels.append(predictor.transform(levels[-1]))
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    remove_stale_temporaries(out)
+    staging = temporary_path(out)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:

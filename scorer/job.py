@@ -215,7 +215,8 @@ def score_files(scorer: PairScorer, id_map: IdMap, pairs: Sequence[Path | str], 
         else:
             rows_resumed = 0
             with AtomicParquetWriter(out, job.schema) as writer:
-                _, rows_scored, kept = job.score(iter_pair_batches(files, batch_size), writer)
+                _, rows_scored, kept = job.score(
+                    iter_pair_batches(files, batch_size, row_counts=row_counts), writer)
                 if kept is not None:
                     writer.write(job.ranked(kept))
             rows_written = writer.rows_written

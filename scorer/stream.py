@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,14 +135,16 @@ def iter_pair_batches(files: Sequence[Path], batch_size: int, *, start_row: int 
     Batches never span two files; every batch but the last of each file has exactly
     ``batch_size`` rows. Memory stays bounded by a few batches whatever the file sizes.
 
-    ``start_row`` skips the rows before it (numbered over all files, as :attr:`PairBatch.row`),
-    without decoding the files it skips whole; ``row_counts`` (from :func:`inspect_pair_files`)
-    must then be given. Resuming at the end of an earlier batch yields the same batches as an
-    uninterrupted stream from there on.
+    ``row_counts`` (from :func:`inspect_pair_files`: the footers' counts) are checked against
+    the rows each file really yields: the streaming reader can end a damaged file early without
+    an error. ``start_row`` skips the rows before it (numbered over all files, as
+    :attr:`PairBatch.row`), without decoding the files it skips whole, and needs ``row_counts``.
+    Resuming at the end of an earlier batch yields the same batches as an uninterrupted stream
+    from there on.
 
     Raises:
-        InputError: a file cannot be decoded, or a batch holds nulls (rows are numbered within
-            the file).
+        InputError: a file cannot be decoded or yields another number of rows than its footer
+            lists, or a batch holds nulls (rows are numbered within the file).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -174,6 +177,9 @@ def iter_pair_batches(files: Sequence[Path], batch_size: int, *, start_row: int 
             yield batch
             file_row += frame.height
             row += frame.height
+        if row_counts is not None and file_row != row_counts[index]:
+            raise InputError(f"pairs file {path}: {file_row} rows could be read of the "
+                             f"{row_counts[index]} its footer lists (the file is damaged)")
 
 
 def check_no_nulls(frame: pl.DataFrame, *, what: str, first_row: int = 0) -> None:
@@ -219,7 +225,7 @@ class AtomicParquetWriter:
                  row_group_rows: int = 1 << 19, compression: str = "zstd") -> None:
         self.out = Path(out)
         self.schema = pl.Schema(schema)
-        self.temp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}"
+        self.temp = temporary_path(self.out)
         self.row_group_rows = row_group_rows
         self.compression = compression
         self.rows_written = 0
@@ -229,19 +235,12 @@ class AtomicParquetWriter:
 
     def __enter__(self) -> AtomicParquetWriter:
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_temps()
+        remove_stale_temporaries(self.out)
         arrow_schema = pl.DataFrame(schema=self.schema).to_arrow().schema
         # No dictionary pages: on scores and ids they cost 2-4x the write time for no smaller file.
         self._writer = pq.ParquetWriter(self.temp, arrow_schema, compression=self.compression,
                                         use_dictionary=False)
         return self
-
-    def _remove_stale_temps(self) -> None:
-        """Delete the temporary files of earlier writers of ``out`` killed before they could."""
-        for path in self.out.parent.glob(f".{glob.escape(self.out.name)}.tmp-*"):
-            pid = path.name.rsplit("-", 1)[1]
-            if pid.isdigit() and not _process_alive(int(pid)):
-                path.unlink(missing_ok=True)
 
     def write(self, frame: pl.DataFrame) -> None:
         """Append ``frame`` (columns and dtypes exactly as ``schema``)."""
@@ -283,6 +282,24 @@ class AtomicParquetWriter:
                 with contextlib.suppress(Exception):
                     self._close()
                 self.temp.unlink(missing_ok=True)
+
+
+def temporary_path(out: Path) -> Path:
+    """Where this process writes ``out`` before renaming it into place (same folder: the rename
+    is atomic; a dot name: readers of the folder skip it; the pid: stale ones can be found)."""
+    return out.parent / f".{out.name}.tmp-{os.getpid()}"
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary files or folders of earlier writers of ``out`` that were killed
+    before they could clean up (their process is gone)."""
+    for path in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
+        pid = path.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def _process_alive(pid: int) -> bool:

@@ -29,3 +29,18 @@ def write_parquet(tmp_path: Path) -> Callable[..., Path]:
 # The project's shared/ folder sits beside the repository (read-only in CI); NCNC_SHARED overrides.
 SHARED = Path(os.environ.get("NCNC_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 PLANETOID = SHARED / "data" / "planetoid"
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch) -> None:
+    """Make every unpickling entry point fail, so a test proves a code path never unpickles."""
+    import pickle
+
+    import torch
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("something tried to unpickle")
+
+    for module, name in [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"),
+                         (torch, "load"), (torch.export, "load")]:
+        monkeypatch.setattr(module, name, refuse)

@@ -49,6 +49,16 @@ def test_unknown_format_version_is_refused(bundle_copy):
         load_bundle(bundle_copy)
 
 
+def test_loading_and_scoring_never_unpickles(bundle_dir, no_unpickling):
+    import torch
+
+    from scorer.engine import BatchScorer
+
+    bundle = load_bundle(bundle_dir)
+    logits = BatchScorer(bundle, "cpu").score_logits(torch.tensor([[0, 1], [2, 3], [1, 1]]))
+    assert logits.shape == (3,) and torch.isfinite(logits).all()
+
+
 def test_not_a_bundle(tmp_path):
     with pytest.raises(BundleError, match="manifest.json is missing"):
         load_bundle(tmp_path)

@@ -157,7 +157,7 @@ def test_empty_input_writes_an_empty_file_with_the_schema(fake_scorer, int_ids, 
          "rank": pl.Int64})
 
 
-BAD_CASES = ["missing column", "nulls", "unknown ids", "wrong type", "not parquet"]
+BAD_CASES = ["missing column", "nulls", "unknown ids", "wrong type", "not parquet", "truncated"]
 
 
 def bad_files(tmp_path: Path, write_pairs, a: str = "v001", b: str = "v002"
@@ -166,6 +166,9 @@ def bad_files(tmp_path: Path, write_pairs, a: str = "v001", b: str = "v002"
     not_parquet = tmp_path / "bad" / "text.parquet"
     not_parquet.parent.mkdir(parents=True, exist_ok=True)
     not_parquet.write_text(f"src,dst\n{a},{b}\n")
+    truncated = write_pairs(pl.DataFrame({"src": [a] * 500, "dst": [b] * 500}),
+                            "bad/truncated.parquet")
+    truncated.write_bytes(truncated.read_bytes()[:-100])
     return {
         "missing column": (write_pairs(pl.DataFrame({"src": [a], "to": [b]}),
                                        "bad/missing.parquet"), r"missing column\(s\) dst"),
@@ -179,6 +182,7 @@ def bad_files(tmp_path: Path, write_pairs, a: str = "v001", b: str = "v002"
         "wrong type": (write_pairs(pl.DataFrame({"src": [1.0], "dst": [2.0]}),
                                    "bad/floats.parquet"), "column src: ids are Float64"),
         "not parquet": (not_parquet, "text.parquet: cannot be read as Parquet"),
+        "truncated": (truncated, "truncated.parquet: cannot be read as Parquet"),
     }
 
 
@@ -280,6 +284,29 @@ def test_cli_score_bad_input_exits_2_and_keeps_the_earlier_output(bundle_dir, bu
     assert re.search(message, result.output) and "Traceback" not in result.output
     assert out.read_bytes() == b"earlier output"
     assert [p.name for p in out.parent.iterdir()] == ["scored.parquet"]
+
+
+def test_an_internal_failure_exits_1_with_a_traceback(bundle_dir, bundle_pairs, tmp_path):
+    """A bundle that passes its checks but whose head onnxruntime cannot load is not the user's
+    input error: exit 1, with the traceback for the bug report."""
+    import shutil
+    import subprocess
+    import sys
+
+    from scorer.bundle import sha256
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, bundle)
+    (bundle / "head.onnx").write_bytes(b"not an onnx model")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["head.onnx"]["sha256"] = sha256(bundle / "head.onnx")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "scored.parquet"
+    result = subprocess.run(
+        [sys.executable, "-m", "ncnc", "score", "--bundle", str(bundle), "--pairs",
+         str(bundle_pairs[0]), "--out", str(out), "--quiet"], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" in result.stderr
+    assert not out.exists()
 
 
 def test_cli_score_usage_errors_exit_2(bundle_dir, bundle_pairs, tmp_path):

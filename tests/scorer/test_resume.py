@@ -20,6 +20,7 @@ from ncnc.cli import cli
 from ncnc.errors import InputError
 from scorer.job import score_files
 from scorer.resume import ResumeStore, job_fingerprint, resume_folder
+from scorer.stream import remove_stale_temporaries
 from tests.scorer.conftest import FakeScorer, random_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,6 +135,10 @@ def test_temporary_files_of_killed_writers_are_removed(input_files, string_ids, 
     alive.write_bytes(b"in progress")
     score(input_files, out, FakeScorer(), string_ids)
     assert not stale.exists() and alive.exists()
+    staging = tmp_path / f".bundle.tmp-{dead}"  # an export's staging folder
+    (staging / "sub").mkdir(parents=True)
+    remove_stale_temporaries(tmp_path / "bundle")
+    assert not staging.exists()
 
 
 def test_sigkilled_cli_run_resumes_to_the_uninterrupted_output(bundle_dir, tmp_path):

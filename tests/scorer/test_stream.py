@@ -105,6 +105,24 @@ def test_inspect_counts_rows_and_rejects_bad_files(tmp_path, write_pairs, string
         inspect_pair_files([text], id_kind_expected="string")
 
 
+def test_truncated_and_corrupted_files_are_input_errors(tmp_path, write_pairs, string_ids):
+    frame = random_pairs(string_ids, 5000, seed=4)
+    truncated = write_pairs(frame, "truncated.parquet")
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    with pytest.raises(InputError, match="truncated.parquet: cannot be read as Parquet"):
+        inspect_pair_files([truncated], id_kind_expected="string")
+    # Footer intact, data pages garbled: found while streaming, not by the footer check.
+    corrupted = write_pairs(frame, "corrupted.parquet", row_group_size=1000)
+    data = bytearray(corrupted.read_bytes())
+    data[200:4000] = bytes(3800)
+    corrupted.write_bytes(bytes(data))
+    assert inspect_pair_files([corrupted], id_kind_expected="string") == [5000]
+    # The polars reader stops early on this one, without an error: the footer's count tells.
+    with pytest.raises(InputError, match="corrupted.parquet: (cannot be read as Parquet|"
+                                         "0 rows could be read of the 5000 its footer lists)"):
+        list(iter_pair_batches([corrupted], 1000, row_counts=[5000]))
+
+
 def test_refuse_overwriting_an_input_or_a_folder(tmp_path, write_pairs, string_ids):
     path = write_pairs(random_pairs(string_ids, 3), "in.parquet")
     with pytest.raises(InputError, match="is also an input"):

@@ -34,3 +34,11 @@ def test_unknown_version_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match="version 99"):
         load_checkpoint(tmp_path)
+
+
+def test_loading_never_unpickles(tmp_path, no_unpickling):
+    run = small_run("ncn", seed=0, features=False, epochs=1)
+    save_checkpoint(tmp_path, run.result.model, run.config, None, IdMap.from_ids(range(300)),
+                    run.split, {})
+    loaded = load_checkpoint(tmp_path)
+    assert torch.equal(loaded.split.test, run.split.test)
