@@ -68,6 +68,9 @@ class TrainConfig:
     val_fraction: float = 0.05  # held out from --edges input
     test_fraction: float = 0.0  # held out from --edges input (datasets use the reference 0.2)
     select_metric: str = "hits@100"
+    # Test metrics of every epoch (for the learning curve). Off, the test split is scored once,
+    # with the best-validation weights: the same figures, without a test pass per epoch.
+    test_each_epoch: bool = False
 
 
 @dataclass(frozen=True)

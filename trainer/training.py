@@ -94,15 +94,21 @@ def train_model(
     torch.manual_seed(tc.seed)
     generator = torch.Generator().manual_seed(tc.seed)
     model = LinkPredictionModel(cfg.model).to(device)
+    # fused: one kernel per step instead of a dozen per parameter (8% of an NCNC epoch on CPU).
     optimizer = torch.optim.Adam([
         {"params": model.encoder.parameters(), "lr": tc.gnnlr},
         {"params": model.predictor.parameters(), "lr": tc.prelr},
-    ])
+    ], fused=True)
     x = features.to(device) if features is not None else None
     train_edges = split.train.to(device)
     training_graph = TrainingGraph(train_edges, num_nodes)
     full_graph = training_graph.graph
     has_test = split.test.numel() > 0
+
+    def evaluate_test() -> dict[str, float | int]:
+        return evaluate_split(model, x, full_graph, split.test.to(device),
+                              split.test_neg.to(device), tc.eval_batch_size)
+
     started = time.perf_counter()
     best: tuple[float, int, dict, dict | None, dict] | None = None
     history: list[EpochRecord] = []
@@ -114,9 +120,7 @@ def train_model(
                             num_nodes)
         valid = evaluate_split(model, x, full_graph, split.valid.to(device),
                                split.valid_neg.to(device), tc.eval_batch_size)
-        test = (evaluate_split(model, x, full_graph, split.test.to(device),
-                               split.test_neg.to(device), tc.eval_batch_size)
-                if has_test else None)
+        test = evaluate_test() if has_test and tc.test_each_epoch else None
         record = EpochRecord(epoch, loss, valid, test, time.perf_counter() - epoch_start)
         history.append(record)
         if on_epoch is not None:
@@ -128,7 +132,9 @@ def train_model(
         bar.set_postfix(loss=f"{loss:.4f}", valid=f"{score:.4f}", best=f"{best[0]:.4f}@{best[1]}")
     assert best is not None, "epochs must be >= 1"
     model.load_state_dict(best[4])
-    return TrainingResult(model, best[1], best[2], best[3], history,
+    # Evaluation is deterministic, so this equals the test pass of the best epoch.
+    best_test = best[3] if best[3] is not None or not has_test else evaluate_test()
+    return TrainingResult(model, best[1], best[2], best_test, history,
                           time.perf_counter() - started)
 
 

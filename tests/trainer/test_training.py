@@ -36,7 +36,7 @@ class SmallRun(NamedTuple):
     config: RunConfig
 
 
-def small_run(model: str, seed: int, features: bool, epochs: int = 2):
+def small_run(model: str, seed: int, features: bool, epochs: int = 2, **train_flags):
     graph = community_graph(300, avg_degree=6, num_communities=4,
                             feature_dim=8 if features else 0, seed=3)
     src = torch.tensor(graph.edges["src"].to_numpy())
@@ -47,7 +47,7 @@ def small_run(model: str, seed: int, features: bool, epochs: int = 2):
         model,
         model_flags={"num_nodes": 300, "in_features": 8 if features else 0, "hidden": 16,
                      "probscale": 1.0, "proboffset": 0.0},
-        train_flags={"epochs": epochs, "batch_size": 64, "seed": seed},
+        train_flags={"epochs": epochs, "batch_size": 64, "seed": seed, **train_flags},
     )
     split = random_edge_split(edges, 300, 0.1, 0.2, torch.Generator().manual_seed(seed))
     return SmallRun(train_model(cfg, x, split, torch.device("cpu"), progress=False), split, cfg)
@@ -82,3 +82,12 @@ def test_best_validation_epoch_weights_are_kept():
     best = max(result.history, key=lambda r: r.valid["hits@100"])
     assert result.best_epoch == best.epoch  # first epoch reaching the maximum
     assert result.best_valid == best.valid
+
+
+@pytest.mark.parametrize("model", ["ncn", "ncnc"])
+def test_test_metrics_of_the_best_weights_equal_those_of_the_best_epoch(model):
+    once = small_run(model, seed=2, features=True, epochs=4).result
+    every = small_run(model, seed=2, features=True, epochs=4, test_each_epoch=True).result
+    assert all(r.test is None for r in once.history)
+    assert every.best_epoch == once.best_epoch
+    assert once.best_test == every.best_test == every.history[every.best_epoch - 1].test
