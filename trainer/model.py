@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GCNConv
 
 from trainer.config import ModelConfig
+from trainer.dropout import Dropout
 from triton_kernels import CSRGraph, common_neighbor_sum
 from triton_kernels.completion import Calibration, completed_common_neighbor_sum
 
@@ -79,13 +80,13 @@ class Encoder(nn.Module):
         if cfg.in_features == 0:
             self.embedding = nn.Embedding(cfg.num_nodes, d)
             nn.init.orthogonal_(self.embedding.weight)
-            self.input = nn.Dropout(cfg.gnndp)
+            self.input = Dropout(cfg.gnndp)
             in_dim = d
         else:
             self.embedding = None
-            layers: list[nn.Module] = [nn.Dropout(cfg.xdp)]
+            layers: list[nn.Module] = [Dropout(cfg.xdp)]
             if self.pure:
-                layers += [nn.Linear(cfg.in_features, d), nn.Dropout(cfg.gnndp)]
+                layers += [nn.Linear(cfg.in_features, d), Dropout(cfg.gnndp)]
             self.input = nn.Sequential(*layers)
             in_dim = d if self.pure else cfg.in_features
         self.convs = nn.ModuleList()
@@ -94,12 +95,12 @@ class Encoder(nn.Module):
             last = layer == cfg.mp_layers - 1
             if self.pure:
                 self.convs.append(nn.Identity())  # propagation has no parameters
-                self.posts.append(nn.Dropout(cfg.tdp) if last else nn.Identity())
+                self.posts.append(Dropout(cfg.tdp) if last else nn.Identity())
             else:
                 self.convs.append(GCNConv(in_dim if layer == 0 else d, d))
                 self.posts.append(
                     nn.Identity() if last and layer > 0
-                    else nn.Sequential(_layer_norm(d, cfg.ln_encoder), nn.Dropout(cfg.gnndp), nn.ReLU())
+                    else nn.Sequential(_layer_norm(d, cfg.ln_encoder), Dropout(cfg.gnndp), nn.ReLU())
                 )
         self.jk = nn.Parameter(torch.randn(cfg.mp_layers)) if cfg.jk and cfg.mp_layers > 0 else None
 
@@ -144,23 +145,23 @@ class PairPredictor(nn.Module):
         self.uses_cn = cfg.model != "gae"
         self.calibration = Calibration(cfg.probscale, cfg.proboffset, cfg.pt, cfg.alpha)
         tail = [nn.Identity()] if cfg.tailact else [nn.Linear(d, d)]
-        self.xijlin = nn.Sequential(nn.Linear(d, d), _layer_norm(d, ln), nn.Dropout(p), nn.ReLU(), *tail)
+        self.xijlin = nn.Sequential(nn.Linear(d, d), _layer_norm(d, ln), Dropout(p), nn.ReLU(), *tail)
         two = (
-            [nn.Linear(d, d), _layer_norm(d, ln), nn.Dropout(p), nn.ReLU()] if cfg.twolayerlin else []
+            [nn.Linear(d, d), _layer_norm(d, ln), Dropout(p), nn.ReLU()] if cfg.twolayerlin else []
         )
         self.lin = nn.Sequential(
-            nn.Linear(d, d), _layer_norm(d, ln), nn.Dropout(p), nn.ReLU(), *two, nn.Linear(d, 1)
+            nn.Linear(d, d), _layer_norm(d, ln), Dropout(p), nn.ReLU(), *two, nn.Linear(d, 1)
         )
         if self.uses_cn:
             self.beta = nn.Parameter(torch.full((1,), cfg.beta))
             self.xcnlin = nn.Sequential(
-                nn.Linear(d, d), nn.Dropout(p), nn.ReLU(),
-                nn.Linear(d, d), _layer_norm(d, ln), nn.Dropout(p), nn.ReLU(), *tail,
+                nn.Linear(d, d), Dropout(p), nn.ReLU(),
+                nn.Linear(d, d), _layer_norm(d, ln), Dropout(p), nn.ReLU(), *tail,
             )
             self.xlin = (
                 nn.Sequential(
-                    nn.Linear(d, d), nn.Dropout(p), nn.ReLU(),
-                    nn.Linear(d, d), _layer_norm(d, ln), nn.Dropout(p), nn.ReLU(),
+                    nn.Linear(d, d), Dropout(p), nn.ReLU(),
+                    nn.Linear(d, d), _layer_norm(d, ln), Dropout(p), nn.ReLU(),
                 )
                 if cfg.use_xlin else None
             )

@@ -383,7 +383,7 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def _run_ranges(kernel, total: int, *args, min_chunk: int = _MIN_CHUNK) -> None:
+def run_ranges(kernel, total: int, *args, min_chunk: int = _MIN_CHUNK) -> None:
     """``kernel(lo, hi, *args)`` over ``[0, total)``, in chunks of at least ``min_chunk`` run by a
     thread pool (inline when there is only one)."""
     global _pool
@@ -404,7 +404,7 @@ def _run_columns(kernel, columns: int, work: int, *args) -> None:
     """A scatter over all items, one column range per thread (threads never write one element);
     inline when ``work`` (pairs or members) is too small to share."""
     threads = _threads() if work >= _MIN_CHUNK else 1
-    _run_ranges(kernel, columns, *args, min_chunk=max(1, -(-columns // threads)))
+    run_ranges(kernel, columns, *args, min_chunk=max(1, -(-columns // threads)))
 
 
 def _zeros(*shape: int, dtype: torch.dtype) -> Tensor:
@@ -438,7 +438,7 @@ def common_neighbor_sum_cpu(
     out = _zeros(pairs.size(0), x.size(1), dtype=xf.dtype)
     counts = torch.empty(pairs.size(0), dtype=torch.long)
     graph = (_np(indptr), _np(indices))
-    _run_ranges(_cn_kernel, pairs.size(0), *graph, _np(xf), _pairs(pairs), out.numpy(), counts.numpy(), False)
+    run_ranges(_cn_kernel, pairs.size(0), *graph, _np(xf), _pairs(pairs), out.numpy(), counts.numpy(), False)
     return out, counts
 
 
@@ -477,7 +477,7 @@ def neighbor_split_cpu(
     c_w = torch.empty(c_total, dtype=torch.float32)
     i_mem, i_w = torch.empty(i_total, dtype=torch.long), torch.empty(i_total, dtype=torch.float32)
     j_mem, j_w = torch.empty(j_total, dtype=torch.long), torch.empty(j_total, dtype=torch.float32)
-    _run_ranges(
+    run_ranges(
         _split_fill, num_pairs, *graph, pair_array, cap, *SplitLayout.salts(seed),
         w_i.numpy(), w_j.numpy(),
         c_off.numpy(), c_mem.numpy(), c_w.numpy(), pos_i.numpy(), pos_j.numpy(),
@@ -495,7 +495,7 @@ def weighted_gather_sum_cpu(offsets: Tensor, members: Tensor, weights: Tensor, x
     xf = _float_rows(x)
     out = _zeros(offsets.numel() - 1, x.size(1), dtype=xf.dtype)
     ragged = _ragged_arrays(offsets, members, weights, xf.dtype)
-    _run_ranges(_ragged_gather, out.size(0), *ragged, _np(xf), out.numpy())
+    run_ranges(_ragged_gather, out.size(0), *ragged, _np(xf), out.numpy())
     return out
 
 
