@@ -71,7 +71,19 @@ def run_one(model: str, dataset: str, seed: int, data_root: Path, epochs: int) -
         "valid_hits@100": summary["valid"]["hits@100"],
         "seconds": round(seconds, 1),
         "seconds_per_epoch": summary["seconds_per_epoch"],
+        "commit": code_version(),
     }
+
+
+def code_version() -> str | None:
+    """The commit the run's code came from (runs of a resumed sweep may span several)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def summarise(runs: dict[tuple[str, str, int], dict]) -> dict:
