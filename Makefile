@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench-accuracy clean
+.PHONY: install demo test docs bench-accuracy clean
 
 install: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[cpu,dev]'
+	$(PY) -m pip install --quiet -e '.[cpu,dev,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The README's CLI reference is rendered from the commands' --help (tests/ncnc/test_cli_reference.py
+# fails when it is stale).
+docs: $(STAMP)
+	$(PY) -m ncnc.cli_reference --write README.md
 
 bench-accuracy: $(STAMP)
 	$(PY) benchmarks/accuracy.py

@@ -71,7 +71,7 @@ def run_one(model: str, dataset: str, seed: int, data_root: Path, epochs: int) -
         "valid_hits@100": summary["valid"]["hits@100"],
         "seconds": round(seconds, 1),
         "seconds_per_epoch": summary["seconds_per_epoch"],
-        "commit": code_version(),
+        "commit": CODE_VERSION,
     }
 
 
@@ -84,6 +84,9 @@ def code_version() -> str | None:
                               capture_output=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+CODE_VERSION = code_version()  # at start: later commits do not change the running code
 
 
 def summarise(runs: dict[tuple[str, str, int], dict]) -> dict:

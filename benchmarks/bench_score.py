@@ -8,13 +8,19 @@ On a generated graph (default 1M nodes, ~5M undirected edges, 16 features) and f
 2. scores the 1M pairs with ``ncnc score`` (the bundle scorer: Parquet in, Parquet out) and with
    the eager model (``LinkPredictionModel.score``: the encoder once, then the predictor per batch,
    compute only, no I/O), each in its own process so peak RSS is its own;
-3. scores the 10M pairs with ``ncnc score`` and compares its peak RSS with the 1M run.
+3. scores the 10M pairs with ``ncnc score`` and compares its peak RSS with the 1M run;
+4. with ``--engine ray``, also scores the 10M pairs with ``ncnc score --engine ray`` (a local Ray,
+   one actor per core, Ray's start included in the time) and reports its pairs/s against step 3
+   and whether the two output files are identical.
 
 Everything generated lives in ``--workdir`` and is reused by later runs; figures go to
 ``benchmarks/results/score_cpu.json``.
 
     python benchmarks/bench_score.py                       # the full benchmark
     python benchmarks/bench_score.py --nodes 100000 --pairs 1000000 --eager-pairs 200000
+    python benchmarks/bench_score.py --nodes 100000 --pairs 1000000 --eager-pairs 100000 \
+        --models ncn --engine ray --workdir /tmp/ncnc-bench-ray \
+        --results benchmarks/results/score_ray.json
 """
 
 from __future__ import annotations
@@ -151,13 +157,31 @@ def run_eager(checkpoint: Path, pairs: Path, batch_size: int, threads: int) -> d
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_bundle(bundle: Path, pairs: Path, out: Path, batch_size: int) -> dict:
+def run_bundle(bundle: Path, pairs: Path, out: Path, batch_size: int, *extra: str) -> dict:
+    """``ncnc score`` in its own process (``extra``: more flags, e.g. the engine); its report."""
     report = out.with_suffix(".report.json")
     subprocess.run([sys.executable, "-m", "ncnc", "score", "--bundle", str(bundle), "--pairs",
                     str(pairs), "--out", str(out), "--batch-size", str(batch_size), "--quiet",
-                    "--device", "cpu", "--report", str(report)],
+                    "--device", "cpu", "--report", str(report), *extra],
                    check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(report.read_text())
+
+
+def ray_figures(bundle: Path, pairs: Path, local_out: Path, local: dict, out: Path,
+                batch_size: int) -> dict:
+    """Score ``pairs`` with ``--engine ray``: pairs/s against the single-process run ``local``
+    (report of ``local_out``), and whether both outputs are the same."""
+    import polars as pl
+
+    ray = run_bundle(bundle, pairs, out, batch_size, "--engine", "ray")
+    return {
+        "ray_workers": ray["num_workers"],
+        "ray_pairs_per_s": round(ray["pairs_per_second"]),
+        "ray_seconds": round(ray["seconds"], 1),
+        "ray_vs_local": round(ray["pairs_per_second"] / local["pairs_per_second"], 3),
+        "ray_driver_peak_rss_mib": round(ray["peak_rss_mib"]),
+        "ray_output_identical": pl.read_parquet(out).equals(pl.read_parquet(local_out)),
+    }
 
 
 def main() -> None:
@@ -170,6 +194,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["ncn", "ncnc"])
     parser.add_argument("--batch-size", type=int, default=65_536)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="ray: also score the --pairs file on a local Ray (needs ncnc[ray])")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ncnc-bench-score"))
     parser.add_argument("--results", type=Path,
                         default=ROOT / "benchmarks" / "results" / "score_cpu.json")
@@ -185,8 +211,8 @@ def main() -> None:
         eager = run_eager(checkpoint, small, args.batch_size, args.threads)
         bundle_small = run_bundle(bundle, small, args.workdir / f"scores_{model}_small.parquet",
                                   args.batch_size)
-        bundle_full = run_bundle(bundle, full, args.workdir / f"scores_{model}_full.parquet",
-                                 args.batch_size)
+        full_out = args.workdir / f"scores_{model}_full.parquet"
+        bundle_full = run_bundle(bundle, full, full_out, args.batch_size)
         row = {
             "nodes": args.nodes, "pairs_compared": args.eager_pairs, "pairs_full": args.pairs,
             "eager_pairs_per_s": round(eager["pairs_per_second"]),
@@ -201,6 +227,10 @@ def main() -> None:
             "bundle_full_seconds": round(bundle_full["seconds"], 1),
             "batch_size": args.batch_size, "threads": args.threads,
         }
+        if args.engine == "ray":
+            row.update(ray_figures(bundle, full, full_out, bundle_full,
+                                   args.workdir / f"scores_{model}_full_ray.parquet",
+                                   args.batch_size))
         results[model] = row
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(results, indent=2) + "\n")

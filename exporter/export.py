@@ -90,7 +90,30 @@ def export_bundle(
     edges: Path | None = None,
     config: ExportConfig = ExportConfig(),
 ) -> dict[str, Any]:
-    """Write a validated bundle directory at ``out`` (replacing an earlier one only on success)."""
+    """Write a validated bundle directory at ``out`` (replacing an earlier one only on success).
+
+    Runs the encoder once to tabulate the node levels, exports the pair head to ONNX and the
+    whole pair scorer to ``torch.export``, and scores ``config.validation_pairs`` pairs through
+    both, comparing them with the eager model, before the manifest is written.
+
+    Args:
+        checkpoint: a directory written by :func:`trainer.api.train` (a :class:`~pathlib.Path`).
+        out: the bundle directory (a :class:`~pathlib.Path`); built under a temporary name beside
+            it and moved into place at the end.
+        edges: a newer graph snapshot (Parquet ``src``, ``dst``) to score against instead of the
+            checkpoint's training + validation edges; its ids must all be in the checkpoint's id
+            map (the model has no embedding for a new node). No retraining happens.
+        config: ONNX opset, validation pair count, tolerance and batch sizes.
+
+    Returns:
+        The manifest written to ``out/manifest.json`` (see the README's bundle format).
+
+    Raises:
+        InputError: a bad checkpoint or edges file, an id of ``edges`` unknown to the checkpoint,
+            or ``out`` exists and is not a bundle.
+        ExportValidationError: the ONNX or ``torch.export`` logits differ from the eager model's
+            by more than ``config.atol``; no bundle is left at ``out`` then.
+    """
     started = time.perf_counter()
     _check_replaceable(out)
     ck = load_checkpoint(checkpoint, "cpu")

@@ -144,21 +144,39 @@ def export(checkpoint: Path, out: Path, edges: Path | None) -> None:
                    "killed run started again with --resume redoes only the unfinished part.")
 @click.option("--resume-every", type=click.IntRange(min=1), default=1 << 20,
               help="With --resume: input rows per committed chunk of work.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+              help="local: this process; ray: actors of a Ray cluster (pip install 'ncnc[ray]'), "
+                   "same output.")
+@click.option("--ray-address", metavar="ADDR",
+              help="With --engine ray: the cluster to join (e.g. auto, ray://head:10001); default "
+                   "$RAY_ADDRESS, else a local Ray.")
+@click.option("--num-workers", type=click.IntRange(min=1),
+              help="With --engine ray: scoring actors (default one per GPU, else per CPU).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors_exit_2
 def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out: Path,
           top_k: int | None, per_source: bool, batch_size: int, device: str, on_unknown: str,
-          report: Path | None, resume: bool, resume_every: int, quiet: bool) -> None:
+          report: Path | None, resume: bool, resume_every: int, engine: str,
+          ray_address: str | None, num_workers: int | None, quiet: bool) -> None:
     """Score candidate pairs from Parquet into Parquet, streaming; print the report as JSON."""
     from scorer.job import ScoreRequest, score_pairs
 
     if per_source and top_k is None:
         raise click.UsageError("--per-source needs --top-k")
-    click.echo(json.dumps(score_pairs(ScoreRequest(
+    if engine == "local" and (ray_address is not None or num_workers is not None):
+        raise click.UsageError("--ray-address and --num-workers need --engine ray")
+    request = ScoreRequest(
         bundle=bundle, pairs=[*pairs, *more_pairs], out=out, top_k=top_k, per_source=per_source,
         batch_size=batch_size, device=device, on_unknown=on_unknown, report=report,
         progress=not quiet, resume=resume, resume_every=resume_every,
-    ))))
+    )
+    if engine == "ray":
+        from scorer.ray_engine import RayOptions, score_pairs_ray
+
+        result = score_pairs_ray(request, RayOptions(ray_address, num_workers))
+    else:
+        result = score_pairs(request)
+    click.echo(json.dumps(result))
 
 
 @cli.command()

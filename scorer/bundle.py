@@ -82,6 +82,18 @@ class ScoringSpec:
 
 @dataclass
 class Bundle:
+    """A loaded bundle (:func:`load_bundle`): what :class:`scorer.engine.BatchScorer` scores with.
+
+    Attributes:
+        path: the bundle directory.
+        manifest: ``manifest.json`` as a dict.
+        spec: model kind, depth, hidden width, node count, calibration and cap.
+        graph: the CSR graph the common-neighbour step reads (``indptr`` [n+1], ``indices``
+            [nnz], int64).
+        levels: the node tables, ``spec.num_levels`` float32 tensors of shape [n, hidden].
+        id_map: node index <-> original id (Int64 or String).
+    """
+
     path: Path
     manifest: dict[str, Any]
     spec: ScoringSpec
@@ -181,14 +193,42 @@ def verify_files(path: Path, manifest: dict[str, Any]) -> None:
             )
 
 
-def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
-    """Read a bundle directory; with ``verify`` (default) every checksum is checked first."""
-    path = Path(path)
+def _checked_manifest(path: Path, verify: bool) -> dict[str, Any]:
     if not path.is_dir():
         raise BundleError(f"bundle {path}: no such directory")
     manifest = read_manifest(path)
     if verify:
         verify_files(path, manifest)
+    return manifest
+
+
+def load_bundle_ids(path: Path) -> IdMap:
+    """The node ids of a bundle, after every check of :func:`load_bundle`, without loading the
+    graph and tables: what a driver needs whose workers do the scoring."""
+    path = Path(path)
+    _checked_manifest(path, verify=True)
+    return IdMap.load(_bundle_file(path, ID_MAP_FILE))
+
+
+def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
+    """Read a bundle directory; with ``verify`` (default) every checksum is checked first.
+
+    Args:
+        path: the directory ``ncnc export`` wrote.
+        verify: check every file's sha256 against the manifest (reads every byte once); turn it
+            off only for a bundle checked already in this process.
+
+    Returns:
+        The :class:`Bundle`, its tensors on the CPU. Nothing is unpickled; ``program.pt2`` is
+        not loaded.
+
+    Raises:
+        BundleError: (an :class:`~ncnc.errors.InputError`) no such directory, not a bundle, an
+            unknown ``format_version``, a malformed manifest, a missing or changed file, or a
+            manifest file name pointing outside the bundle.
+    """
+    path = Path(path)
+    manifest = _checked_manifest(path, verify)
     try:
         spec = ScoringSpec(**manifest["spec"])
     except (KeyError, TypeError) as err:

@@ -45,18 +45,27 @@ def _numpy(t: Tensor) -> np.ndarray:
 
 
 class BatchScorer:
-    """Scores ``[B, 2]`` int64 node-index pairs with a bundle; returns float32 logits on the CPU."""
+    """Scores ``[B, 2]`` int64 node-index pairs with a bundle; returns float32 logits on the CPU.
 
-    def __init__(self, bundle: Bundle, device: str = "auto") -> None:
+    Node indices, not original ids: :func:`scorer.job.score_table` maps ids through
+    ``bundle.id_map`` and calls :meth:`score_logits`. On the CPU a pair's logit is bit-identical
+    whatever batch it is scored in. ``device`` is ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    """
+
+    def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None) -> None:
+        """``threads``: onnxruntime's intra-op threads (None: one per core), e.g. one per Ray
+        actor when several share a machine."""
         self.bundle = bundle
         self.device = resolve_device(device)
         self.indptr = bundle.graph.indptr.to(self.device)
         self.indices = bundle.graph.indices.to(self.device)
         self.levels = [t.to(self.device) for t in bundle.levels]
-        self.head = OnnxHead(bundle.head_path, self.device)
+        self.head = OnnxHead(bundle.head_path, self.device, threads)
 
     @torch.no_grad()
     def score_logits(self, pairs: Tensor) -> Tensor:
+        """``[B, 2]`` node indices in ``[0, num_nodes)`` -> ``[B]`` float32 logits on the CPU
+        (``sigmoid(logit)`` is the link probability); ``B = 0`` gives an empty tensor."""
         if pairs.numel() == 0:
             return torch.zeros(0, dtype=torch.float32)
         logits = pair_logits(self.bundle.spec, self.head, self.indptr, self.indices, self.levels,

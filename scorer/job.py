@@ -8,6 +8,9 @@ Three layers, so that other drivers (a Ray adapter, a notebook) reuse the lower 
 - :func:`score_pairs`: loads the bundle and its :class:`~scorer.engine.BatchScorer`, then runs
   :func:`score_files` and writes the report (``ncnc score`` calls this).
 
+:mod:`scorer.ray_engine` runs the same :class:`ScoringJob` on partitions of the input in Ray
+actors (``ncnc score --engine ray``), with the same :class:`OutputSpec` and report.
+
 Output columns: ``src``, ``dst`` (original ids, in the graph's id dtype: Int64 or String),
 ``score`` (the logit, Float32), ``prob`` (``sigmoid(score)``, Float32), and with a top K ``rank``
 (Int64, 1 = best). Without a top K, rows keep input order (files in the order given, folders and
@@ -63,6 +66,14 @@ class PairScorer(Protocol):
 
     def score_logits(self, pairs: torch.Tensor) -> torch.Tensor:
         """``[B, 2]`` int64 node indices -> ``[B]`` float32 logits on the CPU."""
+        ...
+
+
+class FrameWriter(Protocol):
+    """Where a job puts scored rows (:class:`~scorer.stream.AtomicParquetWriter` is one)."""
+
+    def write(self, frame: pl.DataFrame) -> None:
+        """Append ``frame`` (the job's output columns)."""
         ...
 
 
@@ -187,40 +198,63 @@ def score_files(scorer: PairScorer, id_map: IdMap, pairs: Sequence[Path | str], 
         InputError: bad paths, files, columns, nulls, id types or (with ``on_unknown="error"``)
             unknown ids, or ``out`` is one of the inputs. Nothing is written to ``out`` then.
     """
-    if per_source and top_k is None:
-        raise InputError("--per-source needs --top-k")
-    if top_k is not None and top_k < 1:
-        raise InputError(f"--top-k must be at least 1, got {top_k}")
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    check_options(top_k, per_source, batch_size)
     if resume_every < 1:
         raise InputError(f"--resume-every must be at least 1, got {resume_every}")
     started = time.perf_counter()
     out = Path(out)
-    files = expand_inputs(pairs)
-    refuse_overwriting(out, files)
-    row_counts = inspect_pair_files(files, id_kind_expected=id_map.kind)
-    job = _Job(scorer, id_map, on_unknown, top_k, per_source,
-               output_schema(id_map, ranked=top_k is not None))
+    files, row_counts = open_inputs(pairs, out, id_map)
+    job = ScoringJob(scorer, OutputSpec(id_map, top_k, per_source), on_unknown)
     with tqdm(total=sum(row_counts), unit="pairs", unit_scale=True, desc="score",
               disable=not progress, file=sys.stderr) as bar:
         job.bar = bar
         if resume:
             options = {**(job_key or {}), "top_k": top_k, "per_source": per_source,
                        "batch_size": batch_size, "on_unknown": on_unknown,
-                       "resume_every": resume_every, "schema": str(job.schema)}
+                       "resume_every": resume_every, "schema": str(job.output.schema)}
             rows_resumed, rows_scored, rows_written = _score_resumable(
                 job, files, row_counts, out, batch_size, resume_every,
                 job_fingerprint(files, options))
         else:
             rows_resumed = 0
-            with AtomicParquetWriter(out, job.schema) as writer:
+            with AtomicParquetWriter(out, job.output.schema) as writer:
                 _, rows_scored, kept = job.score(
                     iter_pair_batches(files, batch_size, row_counts=row_counts), writer)
                 if kept is not None:
-                    writer.write(job.ranked(kept))
+                    writer.write(job.output.ranked(kept))
             rows_written = writer.rows_written
-    seconds = time.perf_counter() - started
+    return job_report(files, out, row_counts, rows_scored, rows_written,
+                      rows_resumed=rows_resumed, top_k=top_k, per_source=per_source,
+                      batch_size=batch_size, seconds=time.perf_counter() - started)
+
+
+def check_options(top_k: int | None, per_source: bool, batch_size: int) -> None:
+    """Refuse options no engine can run (:class:`InputError` naming the flag)."""
+    if per_source and top_k is None:
+        raise InputError("--per-source needs --top-k")
+    if top_k is not None and top_k < 1:
+        raise InputError(f"--top-k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+
+
+def open_inputs(pairs: Sequence[Path | str], out: Path, id_map: IdMap
+                ) -> tuple[list[Path], list[int]]:
+    """The job's input files in order and their row counts (from the footers only).
+
+    Raises:
+        InputError: a path names nothing, a file is not Parquet of ``src``, ``dst`` ids of
+            ``id_map``'s kind, or ``out`` is a folder or one of the inputs.
+    """
+    files = expand_inputs(pairs)
+    refuse_overwriting(out, files)
+    return files, inspect_pair_files(files, id_kind_expected=id_map.kind)
+
+
+def job_report(files: Sequence[Path], out: Path, row_counts: Sequence[int], rows_scored: int,
+               rows_written: int, *, rows_resumed: int, top_k: int | None, per_source: bool,
+               batch_size: int, seconds: float) -> dict[str, Any]:
+    """The report of a finished job (fields: see :func:`score_files`); ``seconds`` of wall time."""
     rows_read = sum(row_counts)
     skipped = rows_read - rows_scored
     return {
@@ -242,17 +276,18 @@ def score_files(scorer: PairScorer, id_map: IdMap, pairs: Sequence[Path | str], 
     }
 
 
-@dataclass
-class _Job:
-    """The scoring of one job, shared by the direct and the resumable paths."""
+@dataclass(frozen=True)
+class OutputSpec:
+    """What a job writes: the columns, and which rows with a top K (every engine shares it)."""
 
-    scorer: PairScorer
     id_map: IdMap
-    on_unknown: OnUnknown
-    top_k: int | None
-    per_source: bool
-    schema: pl.Schema
-    bar: Any = None
+    top_k: int | None = None
+    per_source: bool = False
+
+    @property
+    def schema(self) -> pl.Schema:
+        """Columns of the output file."""
+        return output_schema(self.id_map, ranked=self.top_k is not None)
 
     @property
     def kept_schema(self) -> pl.Schema:
@@ -260,36 +295,12 @@ class _Job:
         return pl.Schema({**{k: v for k, v in self.schema.items() if k != RANK}, ROW: pl.Int64()})
 
     def new_top(self) -> RunningTopK | None:
+        """An empty running top K of this output (None without a top K)."""
         if self.top_k is None:
             return None
         top = RunningTopK(self.top_k, by="src" if self.per_source else None)
         top.push(pl.DataFrame(schema=self.kept_schema))  # the columns, even of an empty stream
         return top
-
-    def score(self, batches: Iterable[PairBatch], writer: AtomicParquetWriter
-              ) -> tuple[int, int, pl.DataFrame | None]:
-        """Score ``batches``: every row goes to ``writer``, or with a top K only the kept rows
-        are returned (columns :attr:`kept_schema`).
-
-        Returns (rows read, rows scored, kept rows or None).
-        """
-        top = self.new_top()
-        rows_read = rows_scored = 0
-        for batch in batches:
-            frame = batch.frame
-            if top is not None:
-                frame = frame.with_columns(
-                    pl.int_range(batch.row, batch.row + frame.height, dtype=pl.Int64).alias(ROW))
-            scored = score_table(self.scorer, self.id_map, frame, what=batch.what,
-                                 on_unknown=self.on_unknown)
-            rows_read += frame.height
-            rows_scored += scored.height
-            if top is not None:
-                top.push(scored.select(self.kept_schema.names()))
-            else:
-                writer.write(scored)
-            self.bar.update(frame.height)
-        return rows_read, rows_scored, None if top is None else top.kept()
 
     def ranked(self, kept: pl.DataFrame) -> pl.DataFrame:
         """The output rows of the top K among ``kept`` rows (with ``rank``)."""
@@ -299,7 +310,43 @@ class _Job:
         return top.result().select(self.schema.names())
 
 
-def _score_resumable(job: _Job, files: Sequence[Path], row_counts: Sequence[int], out: Path,
+@dataclass
+class ScoringJob:
+    """The scoring of one job, shared by the direct, the resumable and the Ray paths."""
+
+    scorer: PairScorer
+    output: OutputSpec
+    on_unknown: OnUnknown
+    bar: Any = None
+
+    def score(self, batches: Iterable[PairBatch], writer: FrameWriter
+              ) -> tuple[int, int, pl.DataFrame | None]:
+        """Score ``batches``: every row goes to ``writer``, or with a top K only the kept rows
+        are returned (columns :attr:`OutputSpec.kept_schema`).
+
+        Returns (rows read, rows scored, kept rows or None).
+        """
+        top = self.output.new_top()
+        rows_read = rows_scored = 0
+        for batch in batches:
+            frame = batch.frame
+            if top is not None:
+                frame = frame.with_columns(
+                    pl.int_range(batch.row, batch.row + frame.height, dtype=pl.Int64).alias(ROW))
+            scored = score_table(self.scorer, self.output.id_map, frame, what=batch.what,
+                                 on_unknown=self.on_unknown)
+            rows_read += frame.height
+            rows_scored += scored.height
+            if top is not None:
+                top.push(scored.select(self.output.kept_schema.names()))
+            else:
+                writer.write(scored)
+            if self.bar is not None:
+                self.bar.update(frame.height)
+        return rows_read, rows_scored, None if top is None else top.kept()
+
+
+def _score_resumable(job: ScoringJob, files: Sequence[Path], row_counts: Sequence[int], out: Path,
                      batch_size: int, resume_every: int, fingerprint: str) -> tuple[int, int, int]:
     """Score chunk by chunk into the resume folder, then assemble ``out`` from the chunks.
 
@@ -310,7 +357,8 @@ def _score_resumable(job: _Job, files: Sequence[Path], row_counts: Sequence[int]
         job.bar.update(rows_resumed)
         batches = iter_pair_batches(files, batch_size, start_row=rows_resumed,
                                     row_counts=row_counts)
-        chunk_schema = job.schema if job.top_k is None else job.kept_schema
+        output = job.output
+        chunk_schema = output.schema if output.top_k is None else output.kept_schema
         for index, group in itertools.groupby(batches, key=lambda b: b.row // resume_every):
             first_row = store.end_row
             with AtomicParquetWriter(store.chunk_path(index), chunk_schema) as writer:
@@ -318,16 +366,16 @@ def _score_resumable(job: _Job, files: Sequence[Path], row_counts: Sequence[int]
                 if kept is not None:
                     writer.write(kept)
             store.commit(Chunk(index, first_row, first_row + read, scored))
-        with AtomicParquetWriter(out, job.schema) as writer:
+        with AtomicParquetWriter(out, output.schema) as writer:
             chunk_files = [store.chunk_path(chunk.index) for chunk in store.chunks]
-            if job.top_k is None:
+            if output.top_k is None:
                 for path in chunk_files:
                     for part in pq.ParquetFile(path).iter_batches(batch_size=1 << 19):
                         writer.write(pl.DataFrame(pl.from_arrow(part)))
             else:
                 kept = pl.concat([pl.read_parquet(path) for path in chunk_files]
-                                 or [pl.DataFrame(schema=job.kept_schema)])
-                writer.write(job.ranked(kept))
+                                 or [pl.DataFrame(schema=output.kept_schema)])
+                writer.write(output.ranked(kept))
         rows_scored = store.rows_scored
     store.remove()
     return rows_resumed, rows_scored, writer.rows_written
@@ -360,8 +408,7 @@ def score_pairs(request: ScoreRequest) -> dict[str, Any]:
     from scorer.bundle import load_bundle
     from scorer.engine import BatchScorer
 
-    if request.report is not None and Path(request.report).resolve() == Path(request.out).resolve():
-        raise InputError(f"--report {request.report}: is the same file as --out")
+    check_report_path(request)
     bundle = load_bundle(Path(request.bundle))
     scorer = BatchScorer(bundle, device=request.device)
     report = score_files(
@@ -370,8 +417,18 @@ def score_pairs(request: ScoreRequest) -> dict[str, Any]:
         on_unknown=request.on_unknown, progress=request.progress, resume=request.resume,
         resume_every=request.resume_every, job_key={"bundle": bundle.checksum},
     )
-    report = {"bundle": str(request.bundle), "device": str(getattr(scorer, "device", request.device)),
-              **report}
+    return publish_report(request, str(getattr(scorer, "device", request.device)), report)
+
+
+def check_report_path(request: ScoreRequest) -> None:
+    """Refuse a ``--report`` that would overwrite ``--out``."""
+    if request.report is not None and Path(request.report).resolve() == Path(request.out).resolve():
+        raise InputError(f"--report {request.report}: is the same file as --out")
+
+
+def publish_report(request: ScoreRequest, device: str, report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with ``bundle`` and ``device`` first; also written to ``request.report``."""
+    report = {"bundle": str(request.bundle), "device": device, **report}
     if request.report is not None:
         Path(request.report).parent.mkdir(parents=True, exist_ok=True)
         Path(request.report).write_text(json.dumps(report, indent=2) + "\n")

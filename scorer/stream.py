@@ -129,6 +129,7 @@ class PairBatch:
 
 
 def iter_pair_batches(files: Sequence[Path], batch_size: int, *, start_row: int = 0,
+                      stop_row: int | None = None,
                       row_counts: Sequence[int] | None = None) -> Iterator[PairBatch]:
     """Stream ``src``, ``dst`` of ``files`` in order, ``batch_size`` rows at a time.
 
@@ -140,7 +141,9 @@ def iter_pair_batches(files: Sequence[Path], batch_size: int, *, start_row: int 
     an error. ``start_row`` skips the rows before it (numbered over all files, as
     :attr:`PairBatch.row`), without decoding the files it skips whole, and needs ``row_counts``.
     Resuming at the end of an earlier batch yields the same batches as an uninterrupted stream
-    from there on.
+    from there on. ``stop_row`` ends the stream before that row (same numbering, also needs
+    ``row_counts``; later files are not opened): ``[start_row, stop_row)`` is then one partition
+    of a parallel job (:mod:`scorer.ray_engine`).
 
     Raises:
         InputError: a file cannot be decoded or yields another number of rows than its footer
@@ -148,18 +151,25 @@ def iter_pair_batches(files: Sequence[Path], batch_size: int, *, start_row: int 
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if start_row and (row_counts is None or len(row_counts) != len(files)):
-        raise ValueError("start_row needs the row count of every file")
+    if (start_row or stop_row is not None) and (row_counts is None
+                                                or len(row_counts) != len(files)):
+        raise ValueError("start_row and stop_row need the row count of every file")
+    if stop_row is not None and stop_row < start_row:
+        raise ValueError(f"stop_row {stop_row} is before start_row {start_row}")
     row = 0
     for index, path in enumerate(files):
+        if stop_row is not None and row >= stop_row:
+            return
         if row_counts is not None and row + row_counts[index] <= start_row:
             row += row_counts[index]
             continue
         skip = max(0, start_row - row)
+        # Rows of this file to read: all (None), or up to stop_row; the footer says how many.
+        take = None if stop_row is None else min(row_counts[index], stop_row - row) - skip
         file_row, row = skip, row + skip
         try:
-            batches = pl.scan_parquet(path).select(PAIR_COLUMNS).slice(skip).collect_batches(
-                chunk_size=batch_size, lazy=True)
+            batches = pl.scan_parquet(path).select(PAIR_COLUMNS).slice(
+                skip, take).collect_batches(chunk_size=batch_size, lazy=True)
         except Exception as exc:
             raise InputError(f"pairs file {path}: cannot be read as Parquet ({_reason(exc)})") from exc
         while True:
@@ -177,7 +187,8 @@ def iter_pair_batches(files: Sequence[Path], batch_size: int, *, start_row: int 
             yield batch
             file_row += frame.height
             row += frame.height
-        if row_counts is not None and file_row != row_counts[index]:
+        if row_counts is not None and file_row != (row_counts[index] if take is None
+                                                   else skip + take):
             raise InputError(f"pairs file {path}: {file_row} rows could be read of the "
                              f"{row_counts[index]} its footer lists (the file is damaged)")
 

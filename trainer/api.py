@@ -28,7 +28,26 @@ log = logging.getLogger("ncnc.trainer")
 
 @dataclass(frozen=True)
 class TrainRequest:
-    """One ``ncnc train`` invocation: exactly one of ``dataset`` or ``edges``."""
+    """One ``ncnc train`` invocation: exactly one of ``dataset`` or ``edges``.
+
+    Attributes:
+        model: ``"gae"``, ``"ncn"`` or ``"ncnc"``.
+        out: checkpoint directory to write (created; files of an earlier run there are replaced).
+        dataset: a built-in graph, ``"cora"``, ``"citeseer"`` or ``"pubmed"``; its reference
+            hyperparameters become the defaults.
+        data_root: folder holding ``<Name>/raw`` Planetoid files (default
+            ``~/.cache/ncnc/planetoid``).
+        edges: Parquet edge list, columns ``src`` and ``dst`` (Int64 or String ids; undirected).
+        features: Parquet node features for ``edges``: a ``node`` column plus numeric columns or
+            one list column; without it the model learns a node embedding.
+        config_file: TOML file with ``[model]`` / ``[train]`` tables of
+            :class:`trainer.config.ModelConfig` / :class:`trainer.config.TrainConfig` fields.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        progress: show a progress bar on stderr.
+        model_overrides, train_overrides: ``ModelConfig`` / ``TrainConfig`` fields that win over
+            every other setting (``None`` values are ignored), e.g. ``{"hidden": 64}``,
+            ``{"epochs": 20}``.
+    """
 
     model: ModelKind
     out: Path
@@ -54,7 +73,22 @@ def load_graph(request: TrainRequest) -> GraphData:
 
 
 def train(request: TrainRequest) -> dict[str, Any]:
-    """Load the graph, split it, train, and write a checkpoint directory. Returns its summary."""
+    """Load the graph, split it, train, and write a checkpoint directory at ``request.out``.
+
+    Edges are split into train / validation / test (``val_fraction``, ``test_fraction``; the
+    built-in datasets use the paper's split), the model is trained for ``epochs`` epochs and the
+    weights of the best validation epoch (``select_metric``, default hits@100) are kept.
+
+    Returns:
+        The summary ``ncnc train`` prints: ``model``, ``input``, ``num_nodes``, ``graph_stats``
+        (rows read, self loops and duplicates dropped, edges), ``best_epoch``, ``valid`` and
+        ``test`` metrics at that epoch (``hits@20/50/100`` and ``mrr`` as fractions, ``auc``;
+        ``test`` is ``None`` without a test split), ``seconds``, ``seconds_per_epoch``.
+
+    Raises:
+        InputError: not exactly one of ``dataset`` / ``edges``, unreadable or malformed input
+            files, bad settings, or too few edges to hold out validation edges.
+    """
     graph = load_graph(request)
     in_features = 0 if graph.features is None else graph.features.size(1)
     cfg = resolve_config(
@@ -113,7 +147,23 @@ def evaluate(
     neg: Path | None = None,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Metrics of the checkpoint's model on given pairs, or on its own held-out split."""
+    """Metrics of the checkpoint's model on given pairs, or on its own held-out split.
+
+    Args:
+        checkpoint: a directory written by :func:`train`.
+        pos, neg: Parquet files of positive and negative pairs (``src``, ``dst`` in the graph's
+            ids), given together; without them the checkpoint's test split is used (its
+            validation split when it has no test split).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        ``hits@20``, ``hits@50``, ``hits@100`` and ``mrr`` (fractions), ``auc``, ``num_pos``,
+        ``num_neg``, and ``pairs``: ``"files"``, ``"test"`` or ``"valid"``.
+
+    Raises:
+        InputError: only one of ``pos`` / ``neg``, a bad checkpoint, or bad pair files (missing
+            columns, nulls, unknown ids).
+    """
     if (pos is None) != (neg is None):
         raise InputError("--pos and --neg go together")
     torch_device = resolve_device(device)

@@ -1,5 +1,5 @@
-"""Fixtures of the scorer tests: a fake scorer whose scores we control, pair files, and one tiny
-real bundle per session (trained and exported in a few seconds)."""
+"""Fixtures of the scorer tests: a fake scorer whose scores we control and pair files (the real
+bundle, ``bundle_dir``, is shared with tests/examples from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,6 @@ import pytest
 import torch
 
 from ncnc.tables import IdMap
-
-# The bundle's graph (exported with --edges): six of the trained graph's ids, whose string order
-# is their name order, so indices compare like the names. Neighbours:
-# n0: n1 n2 | n1: n0 n2 n3 | n2: n0 n1 n3 | n3: n1 n2 n4 | n4: n3 n5 | n5: n4
-HAND_EDGES = [("n0", "n1"), ("n0", "n2"), ("n1", "n2"), ("n1", "n3"), ("n2", "n3"),
-              ("n3", "n4"), ("n4", "n5")]
 
 
 class FakeScorer:
@@ -64,26 +58,3 @@ def write_pairs(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
-
-
-@pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory) -> Path:
-    """A real NCNC bundle over string ids n0..n299 whose graph is :data:`HAND_EDGES`."""
-    from exporter import export_bundle
-    from trainer.api import TrainRequest, train
-    from trainer.synthetic import community_graph
-
-    folder = tmp_path_factory.mktemp("bundle")
-    graph = community_graph(300, avg_degree=6, num_communities=5, feature_dim=6,
-                            string_ids=True, seed=1)
-    graph.edges.write_parquet(folder / "edges.parquet")
-    graph.features.write_parquet(folder / "features.parquet")
-    pl.DataFrame(HAND_EDGES, schema=["src", "dst"], orient="row").write_parquet(
-        folder / "hand_edges.parquet")
-    train(TrainRequest(
-        model="ncnc", out=folder / "ck", edges=folder / "edges.parquet",
-        features=folder / "features.parquet", progress=False, model_overrides={"hidden": 16},
-        train_overrides={"epochs": 1, "batch_size": 128, "test_fraction": 0.1},
-    ))
-    export_bundle(folder / "ck", folder / "bundle", edges=folder / "hand_edges.parquet")
-    return folder / "bundle"

@@ -80,6 +80,18 @@ def test_starting_at_a_batch_boundary_yields_the_rest_of_the_stream(write_pairs,
         assert all(a.frame.equals(b.frame) for a, b in zip(rest, full[skipped:]))
 
 
+def test_a_row_range_yields_exactly_those_rows_of_the_stream(write_pairs, string_ids):
+    frames = [random_pairs(string_ids, n, seed=n) for n in (61, 0, 30)]
+    files = [write_pairs(f, f"p{k}.parquet", row_group_size=7) for k, f in enumerate(frames)]
+    everything = pl.concat(frames)
+    for start, stop in [(0, 91), (0, 61), (61, 91), (5, 12), (55, 70), (90, 91), (40, 40)]:
+        batches = list(iter_pair_batches(files, 5, start_row=start, stop_row=stop,
+                                         row_counts=[61, 0, 30]))
+        got = pl.concat([b.frame for b in batches]) if batches else everything.clear()
+        assert got.equals(everything.slice(start, stop - start)), (start, stop)
+        assert all(b.row >= start for b in batches)
+
+
 def test_nulls_are_reported_with_file_row_numbers(write_pairs):
     frame = pl.DataFrame({"src": ["a"] * 10, "dst": ["b"] * 8 + [None, None]})
     path = write_pairs(frame, "nulls.parquet", row_group_size=3)
