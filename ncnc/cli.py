@@ -43,9 +43,11 @@ def _user_errors_exit_2(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(package_name="ncnc")
 def cli(verbose: bool) -> None:
     """Train, export and batch-score NCN / NCNC link-prediction models."""
+    # force: a process that runs several commands (a notebook, CliRunner) logs to the current
+    # stderr, not to the stream of the first command.
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
+        format="%(levelname)s %(name)s: %(message)s", force=True,
     )
 
 

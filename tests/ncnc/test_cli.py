@@ -58,7 +58,7 @@ def test_train_writes_a_complete_checkpoint(checkpoint):
 def test_evaluate_own_test_split(checkpoint):
     result = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(checkpoint)])
     assert result.exit_code == 0, result.output
-    metrics = json.loads(result.output)
+    metrics = json.loads(result.stdout)
     assert {"hits@20", "hits@50", "hits@100", "mrr", "auc", "num_pos", "num_neg"} <= set(metrics)
     assert metrics["pairs"] == "test" and metrics["num_pos"] == metrics["num_neg"] > 0
     assert 0.0 <= metrics["hits@100"] <= 1.0 and 0.0 <= metrics["auc"] <= 1.0
@@ -73,7 +73,7 @@ def test_evaluate_given_pairs_in_the_original_id_space(checkpoint, graph_files, 
     result = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(checkpoint),
                                       "--pos", str(pos), "--neg", str(neg)])
     assert result.exit_code == 0, result.output
-    metrics = json.loads(result.output)
+    metrics = json.loads(result.stdout)
     assert (metrics["num_pos"], metrics["num_neg"], metrics["pairs"]) == (50, 30, "files")
 
 

@@ -245,7 +245,7 @@ def test_cli_score_matches_the_engine_and_writes_the_report(bundle_dir, bundle_p
                     str(bundle_pairs[1].parent / "1*.parquet"), "--out", str(out),
                     "--batch-size", "256", "--device", "cpu", "--report", str(report_path))
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report == json.loads(report_path.read_text())
     assert report["bundle"] == str(bundle_dir) and report["rows_scored"] == 1033
 

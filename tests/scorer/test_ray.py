@@ -20,11 +20,11 @@ from ncnc.errors import InputError
 from scorer.job import score_files, score_table
 from scorer.ray_engine import RayOptions, ScoreBatches, plan_partitions, score_files_ray
 
-# Small batches and partitions, so that 200k rows make dozens of partitions over two actors.
-BATCH = 8192
+# Small batches and partitions, so that 60k rows make several partitions per actor.
+BATCH = 2048
 PARTITION = 4 * BATCH
 RAY = RayOptions(num_workers=2, partition_rows=PARTITION)
-ROWS = 200_000
+ROWS = 60_000
 STRAYS = 4000  # rows with an unknown id, skipped
 
 
@@ -36,15 +36,15 @@ def string_pairs(rng: np.random.Generator, rows: int) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def pair_files(tmp_path_factory) -> list[Path]:
-    """200,000 pairs of n0..n299 in four files (one empty, odd sizes, small row groups), then a
+    """60,000 pairs of n0..n299 in four files (one empty, odd sizes, small row groups), then a
     file of 6,000 rows of which 4,000 hold an unknown id.
 
-    Random pairs over 300 nodes repeat often (90,000 distinct pairs), so equal scores at
-    different input positions abound: the tie rule decides many ranks.
+    Random pairs over 300 nodes repeat (a quarter of them: 90,000 possible pairs), so equal
+    scores at different input positions abound: the tie rule decides many ranks.
     """
     folder = tmp_path_factory.mktemp("ray_pairs")
     rng = np.random.default_rng(7)
-    frames = [string_pairs(rng, rows) for rows in (80_000, 0, 60_001, 59_999)]
+    frames = [string_pairs(rng, rows) for rows in (24_000, 0, 18_001, 17_999)]
     frames.append(pl.DataFrame({"src": ["n1", "zz", "n2"] * 2000, "dst": ["n4", "n5", "yy"] * 2000}))
     files = [folder / f"part{k}.parquet" for k in range(len(frames))]
     for frame, path in zip(frames, files):
@@ -101,7 +101,7 @@ def test_cli_engine_ray_per_source_top_k(ray_runtime, bundle_dir, pair_files, tm
                                       "--engine", "ray", "--num-workers", "2",
                                       "--report", str(tmp_path / "report.json")])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report == json.loads((tmp_path / "report.json").read_text())
     assert report["bundle"] == str(bundle_dir) and report["device"] == "cpu"
     assert report["rows_written"] == 600  # 300 sources x 2
