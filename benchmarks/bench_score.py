@@ -8,7 +8,8 @@ On a generated graph (default 1M nodes, ~5M undirected edges, 16 features) and f
 2. scores the 1M pairs with ``ncnc score`` (the bundle scorer: Parquet in, Parquet out) and with
    the eager model (``LinkPredictionModel.score``: the encoder once, then the predictor per batch,
    compute only, no I/O), each in its own process so peak RSS is its own;
-3. scores the 10M pairs with ``ncnc score`` and compares its peak RSS with the 1M run;
+3. scores the 10M pairs with ``ncnc score`` and compares its peak RSS with the 1M run (with
+   ``--eager-pairs`` below 1M, the bundle also scores the first ``--rss-pairs`` for that);
 4. with ``--engine ray``, also scores the 10M pairs with ``ncnc score --engine ray`` (a local Ray,
    one actor per core, Ray's start included in the time) and reports its pairs/s against step 3
    and whether the two output files are identical.
@@ -18,6 +19,7 @@ Everything generated lives in ``--workdir`` and is reused by later runs; figures
 
     python benchmarks/bench_score.py                       # the full benchmark
     python benchmarks/bench_score.py --nodes 100000 --pairs 1000000 --eager-pairs 200000
+    python benchmarks/bench_score.py --models ncnc --eager-pairs 100000   # NCNC's eager is slow
     python benchmarks/bench_score.py --nodes 100000 --pairs 1000000 --eager-pairs 100000 \
         --models ncn --engine ray --workdir /tmp/ncnc-bench-ray \
         --results benchmarks/results/score_ray.json
@@ -33,6 +35,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from accuracy import code_version  # noqa: E402
 
 
 class PairSampler:
@@ -191,6 +196,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=10_000_000)
     parser.add_argument("--eager-pairs", type=int, default=1_000_000,
                         help="pairs scored by both (the speed comparison)")
+    parser.add_argument("--rss-pairs", type=int, default=1_000_000,
+                        help="pairs of the bundle run whose peak RSS the full run is compared with")
     parser.add_argument("--models", nargs="+", default=["ncn", "ncnc"])
     parser.add_argument("--batch-size", type=int, default=65_536)
     parser.add_argument("--threads", type=int, default=2)
@@ -211,6 +218,10 @@ def main() -> None:
         eager = run_eager(checkpoint, small, args.batch_size, args.threads)
         bundle_small = run_bundle(bundle, small, args.workdir / f"scores_{model}_small.parquet",
                                   args.batch_size)
+        bundle_rss = bundle_small
+        if args.rss_pairs != args.eager_pairs:
+            bundle_rss = run_bundle(bundle, prefix_file(args.workdir, full, args.rss_pairs),
+                                    args.workdir / f"scores_{model}_rss.parquet", args.batch_size)
         full_out = args.workdir / f"scores_{model}_full.parquet"
         bundle_full = run_bundle(bundle, full, full_out, args.batch_size)
         row = {
@@ -219,13 +230,15 @@ def main() -> None:
             "bundle_pairs_per_s": round(bundle_small["pairs_per_second"]),
             "speedup": round(bundle_small["pairs_per_second"] / eager["pairs_per_second"], 2),
             "eager_peak_rss_mib": round(eager["peak_rss_mib"]),
-            "bundle_peak_rss_mib_small": round(bundle_small["peak_rss_mib"]),
+            "pairs_rss_baseline": args.rss_pairs,
+            "bundle_peak_rss_mib_small": round(bundle_rss["peak_rss_mib"]),
             "bundle_peak_rss_mib_full": round(bundle_full["peak_rss_mib"]),
             "rss_growth_full_vs_small": round(
-                bundle_full["peak_rss_mib"] / bundle_small["peak_rss_mib"] - 1, 3),
+                bundle_full["peak_rss_mib"] / bundle_rss["peak_rss_mib"] - 1, 3),
             "bundle_full_pairs_per_s": round(bundle_full["pairs_per_second"]),
             "bundle_full_seconds": round(bundle_full["seconds"], 1),
             "batch_size": args.batch_size, "threads": args.threads,
+            "commit": code_version(), "command": " ".join(["python", *sys.argv]),
         }
         if args.engine == "ray":
             row.update(ray_figures(bundle, full, full_out, bundle_full,

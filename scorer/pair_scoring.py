@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 from torch import Tensor
 
 from scorer.bundle import ScoringSpec
-from triton_kernels import common_neighbor_sum
+from triton_kernels import common_neighbor_sum, endpoint_product
 from triton_kernels.completion import completed_common_neighbor_sum
 
 HeadFn = Callable[[Tensor | None, Tensor], Tensor]
@@ -37,7 +37,7 @@ def pair_logits(
     """Logits ``[B]`` of ``pairs`` ``[B, 2]`` (node indices)."""
     depth = spec.depth if depth is None else depth
     h = levels[level]
-    xij = h[pairs[:, 0]] * h[pairs[:, 1]]
+    xij = endpoint_product(h, pairs)
     if spec.model == "gae":
         return head(None, xij)
     x = levels[level + 1]

@@ -2,7 +2,13 @@
 
 from triton_kernels.common_neighbors import NeighborSplit, RaggedSet
 from triton_kernels.graph import CSRGraph, build_csr, validate_csr
-from triton_kernels.ops import common_neighbor_sum, neighbor_split, weighted_gather_sum
+from triton_kernels.memory import huge_page_copy
+from triton_kernels.ops import (
+    common_neighbor_sum,
+    endpoint_product,
+    neighbor_split,
+    weighted_gather_sum,
+)
 
 __all__ = [
     "CSRGraph",
@@ -10,6 +16,8 @@ __all__ = [
     "RaggedSet",
     "build_csr",
     "common_neighbor_sum",
+    "endpoint_product",
+    "huge_page_copy",
     "neighbor_split",
     "validate_csr",
     "weighted_gather_sum",

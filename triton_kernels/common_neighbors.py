@@ -169,6 +169,11 @@ def weighted_gather_sum_reference(
     return out.index_add(0, segment, rows)
 
 
+def endpoint_product_reference(h: Tensor, pairs: Tensor) -> Tensor:
+    """``h[i] * h[j]`` for each pair ``(i, j)``: the head's ``xij``."""
+    return h[pairs[:, 0]] * h[pairs[:, 1]]
+
+
 def common_neighbor_sum_reference(
     indptr: Tensor, indices: Tensor, x: Tensor, pairs: Tensor
 ) -> tuple[Tensor, Tensor]:

@@ -354,6 +354,20 @@ def _ragged_gather(lo, hi, offsets, members, weights, src, dst):
 
 
 @numba.njit(**_JIT)
+def _endpoint_product(lo, hi, rows, pairs, dst):
+    """``dst[b] = rows[i] * rows[j]`` for pairs ``b = (i, j)`` in ``lo:hi``, both rows of the pair
+    ``_AHEAD`` places on prefetched."""
+    d = rows.shape[1]
+    for b in range(lo, hi):
+        if b + _AHEAD < hi:
+            _prefetch_row(rows, pairs[b + _AHEAD, 0], 0, d)
+            _prefetch_row(rows, pairs[b + _AHEAD, 1], 0, d)
+        i, j = pairs[b, 0], pairs[b, 1]
+        for t in range(d):
+            dst[b, t] = rows[i, t] * rows[j, t]
+
+
+@numba.njit(**_JIT)
 def _ragged_scatter(t0, t1, offsets, members, weights, src, dst):
     """``dst[m_k, t0:t1] += w_k src[b, t0:t1]`` for every member of every segment."""
     end = offsets[-1]
@@ -507,3 +521,10 @@ def weighted_gather_sum_backward_cpu(
     ragged = _ragged_arrays(offsets, members, weights, grad.dtype)
     _run_columns(_ragged_scatter, grad.size(1), members.numel(), *ragged, grad.numpy(), grad_x.numpy())
     return grad_x
+
+
+def endpoint_product_cpu(h: Tensor, pairs: Tensor) -> Tensor:
+    """``h[i] * h[j]`` per pair for float32 / float64 ``h`` (no autograd)."""
+    out = torch.empty(pairs.size(0), h.size(1), dtype=h.dtype)
+    run_ranges(_endpoint_product, pairs.size(0), _np(h), _pairs(pairs), out.numpy())
+    return out

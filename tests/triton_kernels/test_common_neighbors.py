@@ -26,6 +26,7 @@ from tests.triton_kernels.interpret_worker import InterpretedKernels
 from triton_kernels import CSRGraph, NeighborSplit, build_csr
 from triton_kernels.common_neighbors import (
     common_neighbor_sum_reference,
+    endpoint_product_reference,
     neighbor_split_reference,
     weighted_gather_sum_reference,
 )
@@ -261,6 +262,49 @@ def test_int32_pairs_give_the_same_results(device):
         tk.neighbor_split(graph.indptr, graph.indices, pairs.int(), 3, 1),
         tk.neighbor_split(graph.indptr, graph.indices, pairs, 3, 1),
     )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("d", [1, 37, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("num_pairs", [0, 1, 5000])
+def test_endpoint_product_matches_reference_bit_for_bit(device, index_dtype, d, dtype, num_pairs):
+    # 5,000 pairs over 300 nodes: repeated rows, i == j, and enough pairs for the thread pool.
+    h = _features(300, d, dtype).to(device)
+    g = torch.Generator().manual_seed(4)
+    pairs = torch.cat([torch.tensor([[7, 7], [0, 299]]), torch.randint(0, 300, (num_pairs, 2), generator=g)])
+    pairs = pairs[:num_pairs].to(index_dtype).to(device)
+    got = tk.endpoint_product(h, pairs)
+    want = endpoint_product_reference(h.cpu(), pairs.cpu().long())
+    assert got.dtype == dtype and got.shape == (num_pairs, d)
+    assert torch.equal(got.cpu(), want), f"{int((got.cpu() != want).sum())} elements differ"
+
+
+def test_endpoint_product_is_differentiable_through_the_reference():
+    h = _features(20, 4, torch.float64).requires_grad_()
+    pairs = torch.tensor([[1, 2], [2, 2], [3, 1]])
+    tk.endpoint_product(h, pairs).sum().backward()
+    want = torch.zeros(20, 4, dtype=torch.float64)
+    for i, j in pairs.tolist():
+        want[i] += h[j].detach()
+        want[j] += h[i].detach()
+    assert torch.allclose(h.grad, want)
+
+
+@pytest.mark.parametrize(
+    "h, pairs, message",
+    [
+        (torch.zeros(5), torch.zeros(1, 2, dtype=torch.long), "h must be a 2-D tensor"),
+        (torch.zeros(5, 3), torch.tensor([[0, 5]]), r"node ids outside \[0, 5\)"),
+        (torch.zeros(5, 3), torch.tensor([[-1, 0]]), "min -1"),
+        (torch.zeros(5, 3), torch.zeros(1, 3, dtype=torch.long), r"shape \[B, 2\]"),
+        (torch.zeros(5, 3), torch.zeros(1, 2), "int32 or int64"),
+    ],
+)
+def test_endpoint_product_rejects_bad_inputs(h, pairs, message):
+    with pytest.raises(ValueError, match=message):
+        tk.endpoint_product(h, pairs)
 
 
 # --- gradients ---------------------------------------------------------------------------------
