@@ -20,7 +20,13 @@ after the other in the same process; the ratio is baseline time / our time.
 It also reports our achieved memory bandwidth: bytes that must be read (the shorter row of each
 pair, and for the split both rows; the ``x`` rows summed; the pairs and row pointers) / time. Where
 that approaches the machine's bandwidth (split+gather at d = 256 reads about 1 KB of ``x`` per
-neighbour), neither implementation can go much faster: the baseline reads the same rows.
+neighbour), neither implementation can go much faster: the baseline reads the same rows. For
+split+gather it measures that floor directly: torch's sparse x dense matmul summing exactly the
+rows our split selects (``gather_floor_s``), and ``ratio_bound`` = baseline time / floor, the
+largest ratio any implementation reading those float32 rows could reach here.
+
+On the CPU ``x`` and the graph's ``indices`` are copied into huge pages
+(:func:`triton_kernels.huge_page_copy`, as ``ncnc score`` loads a bundle); both sides read them.
 
     python benchmarks/bench_common_neighbors.py                                  # full size, CPU
     python benchmarks/bench_common_neighbors.py --nodes 100000 --edges 1000000 --pairs 100000
@@ -45,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import triton_kernels as tk  # noqa: E402
-from triton_kernels import CSRGraph, build_csr  # noqa: E402
+from triton_kernels import CSRGraph, build_csr, huge_page_copy  # noqa: E402
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
@@ -202,7 +208,9 @@ def bytes_read(graph: CSRGraph, pairs: Tensor, d: int, x_elem: int, op: str, mem
 def measure(graph: CSRGraph, pair_sets: dict[str, Tensor], dims: list[int], args, device) -> list[dict]:
     results = []
     for d in dims:
-        x = torch.randn(graph.num_nodes, d, generator=torch.Generator().manual_seed(d)).to(device)
+        # Huge pages as the scorer loads its tables (triton_kernels.memory); both sides read this x.
+        x = huge_page_copy(torch.randn(graph.num_nodes, d, generator=torch.Generator().manual_seed(d)))
+        x = x.to(device)
         for set_name, pairs in pair_sets.items():
             chunks = list(pairs.to(device).split(args.chunk))
             for op in ("cn", "split+gather"):
@@ -220,6 +228,8 @@ def measure(graph: CSRGraph, pair_sets: dict[str, Tensor], dims: list[int], args
                         times["baseline"].append(timed_pass(base, chunks, device))
                     times["ours"].append(timed_pass(ours, chunks, device))
                 results.append(summarise(graph, pairs, d, x, set_name, op, times, args))
+                if op == "split+gather" and not args.skip_baseline:
+                    add_gather_floor(results[-1], graph, x, chunks, args.cap, device)
                 print(format_row(results[-1]), flush=True)
     return results
 
@@ -236,6 +246,39 @@ def check_agreement(graph: CSRGraph, x: Tensor, pairs: Tensor, op: str, cap: int
     common = int(_member_of(keys_j, keys_i).sum())
     if split.common.members.numel() != common:
         raise SystemExit("ours and the baseline disagree on the common parts")
+
+
+def union_rows(split, num_nodes: int) -> Tensor:
+    """A CSR matrix ``[B, n]`` with, in row ``b``, every member of pair ``b``'s three sets."""
+    parts = (split.common, split.only_i, split.only_j)
+    segment = torch.cat([p.segment_ids() for p in parts])
+    order = torch.argsort(segment, stable=True)
+    members = torch.cat([p.members for p in parts])[order]
+    weights = torch.cat([p.weights for p in parts])[order]
+    num_pairs = split.common.offsets.numel() - 1
+    crow = torch.zeros(num_pairs + 1, dtype=torch.long, device=members.device)
+    crow[1:] = torch.cumsum(torch.bincount(segment, minlength=num_pairs), 0)
+    return torch.sparse_csr_tensor(crow, members, weights, size=(num_pairs, num_nodes))
+
+
+def add_gather_floor(row: dict, graph: CSRGraph, x: Tensor, chunks: list[Tensor], cap: int,
+                     device: torch.device) -> None:
+    """Time torch's sparse (CSR) x dense matmul summing exactly the ``x`` rows our split selects
+    (the split itself untimed): the cost of reading those rows, which every implementation,
+    the baseline included, pays. ``ratio_bound`` = baseline time / that floor is the most any
+    implementation reading float32 rows can beat the baseline by on this machine."""
+    floor = 0.0
+    for chunk in chunks:
+        matrix = union_rows(tk.neighbor_split(graph.indptr, graph.indices, chunk, cap), x.size(0))
+        _sync(device)
+        start = time.perf_counter()
+        matrix @ x
+        _sync(device)
+        floor += time.perf_counter() - start
+    row["gather_floor_s"] = round(floor, 4)
+    row["ratio_bound"] = round(row["baseline_s"] / floor, 2)
+    print(f"{'':>7} gather floor {floor:.3f} s: no float32 implementation beats the baseline "
+          f"by more than {row['ratio_bound']:.1f}x here", flush=True)
 
 
 def summarise(graph, pairs, d, x, set_name, op, times, args) -> dict:
@@ -333,6 +376,8 @@ def main(argv: list[str] | None = None) -> dict:
         mins = torch.minimum(deg[pairs[:, 0]], deg[pairs[:, 1]]).float()
         print(f"{name}: mean shorter row {mins.mean():.1f}, mean rows {deg[pairs].float().mean():.1f}")
     dev_graph = graph.to(device)
+    if device.type == "cpu":
+        dev_graph = CSRGraph(graph.indptr, huge_page_copy(graph.indices))
     tk.common_neighbor_sum(dev_graph.indptr, dev_graph.indices, torch.zeros(graph.num_nodes, 1, device=device),
                            pair_sets["random"][:1].to(device))  # validates the graph once
     results = measure(dev_graph, pair_sets, args.dims, args, device)

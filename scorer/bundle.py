@@ -29,15 +29,15 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+import torch
 from torch import Tensor
 
 from ncnc.errors import InputError
 from ncnc.tables import IdMap
-from triton_kernels import CSRGraph, huge_page_copy
+from triton_kernels import CSRGraph, huge_page_empty
 from triton_kernels.completion import Calibration
 
 BUNDLE_FORMAT = "ncnc-bundle"
@@ -203,6 +203,42 @@ def _checked_manifest(path: Path, verify: bool) -> dict[str, Any]:
     return manifest
 
 
+_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+                       "F64": torch.float64, "I32": torch.int32, "I64": torch.int64}
+
+
+def read_safetensors(path: Path, names: Sequence[str]) -> dict[str, Tensor]:
+    """The named tensors of a safetensors file, read straight into huge-page memory
+    (:func:`triton_kernels.huge_page_empty`).
+
+    The scorer reads table and graph rows at random, and huge pages spare it most TLB misses.
+    Reading (rather than mapping the file and copying) keeps the file's pages out of the process,
+    so loading never holds a table twice.
+    """
+    with path.open("rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(header_size))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise BundleError(f"{path}: not a safetensors file ({err})") from err
+        tensors = {}
+        for name in names:
+            entry = header.get(name)
+            if not isinstance(entry, dict) or entry.get("dtype") not in _SAFETENSORS_DTYPES:
+                raise BundleError(f"{path}: no readable tensor {name!r} (found {sorted(header)})")
+            tensor = huge_page_empty(tuple(entry["shape"]), _SAFETENSORS_DTYPES[entry["dtype"]])
+            target = memoryview(tensor.view(-1).view(torch.uint8).numpy())
+            begin, end = entry["data_offsets"]
+            if end - begin != target.nbytes:
+                raise BundleError(f"{path}: tensor {name!r} holds {end - begin} bytes, its shape "
+                                  f"{entry['shape']} needs {target.nbytes}")
+            f.seek(8 + header_size + begin)
+            if f.readinto(target) != target.nbytes:  # a buffered read retries short reads
+                raise BundleError(f"{path}: file ends inside tensor {name!r}")
+            tensors[name] = tensor
+    return tensors
+
+
 def load_bundle_ids(path: Path) -> IdMap:
     """The node ids of a bundle, after every check of :func:`load_bundle`, without loading the
     graph and tables: what a driver needs whose workers do the scoring."""
@@ -234,16 +270,14 @@ def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
         spec = ScoringSpec(**manifest["spec"])
     except (KeyError, TypeError) as err:
         raise BundleError(f"{path / MANIFEST}: malformed spec ({err})") from err
-    arrays = load_file(str(_bundle_file(path, GRAPH_FILE)))
-    # The scorer reads table rows and graph rows at random: huge pages spare it most TLB misses.
-    # One table is read at a time, so loading holds at most one extra table.
-    with safe_open(str(_bundle_file(path, TABLES_FILE)), framework="pt") as tables:
-        levels = [huge_page_copy(tables.get_tensor(f"level{k}")) for k in range(spec.num_levels)]
+    arrays = read_safetensors(_bundle_file(path, GRAPH_FILE), ["indptr", "indices"])
+    tables = read_safetensors(_bundle_file(path, TABLES_FILE),
+                              [f"level{k}" for k in range(spec.num_levels)])
     return Bundle(
         path=path,
         manifest=manifest,
         spec=spec,
-        graph=CSRGraph(arrays["indptr"], huge_page_copy(arrays.pop("indices"))),
-        levels=levels,
+        graph=CSRGraph(arrays["indptr"], arrays["indices"]),
+        levels=[tables[f"level{k}"] for k in range(spec.num_levels)],
         id_map=IdMap.load(_bundle_file(path, ID_MAP_FILE)),
     )

@@ -2,7 +2,7 @@
 
 from triton_kernels.common_neighbors import NeighborSplit, RaggedSet
 from triton_kernels.graph import CSRGraph, build_csr, validate_csr
-from triton_kernels.memory import huge_page_copy
+from triton_kernels.memory import huge_page_copy, huge_page_empty
 from triton_kernels.ops import (
     common_neighbor_sum,
     endpoint_product,
@@ -18,6 +18,7 @@ __all__ = [
     "common_neighbor_sum",
     "endpoint_product",
     "huge_page_copy",
+    "huge_page_empty",
     "neighbor_split",
     "validate_csr",
     "weighted_gather_sum",

@@ -9,6 +9,7 @@ reads its tables through :func:`huge_page_copy`, for our kernels and the baselin
 
 from __future__ import annotations
 
+import math
 import mmap
 
 import numpy as np
@@ -19,30 +20,37 @@ HUGE_PAGE_MIN_BYTES = 32 << 20
 """Smaller tables fit the TLB's reach well enough; they are only made contiguous."""
 
 
-def huge_page_copy(table: Tensor) -> Tensor:
-    """A contiguous copy of a CPU tensor in memory the kernel is asked (``madvise``) to back with
+def huge_page_empty(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """An uninitialised CPU tensor in memory the kernel is asked (``madvise``) to back with
     transparent huge pages.
 
-    Returns ``table.contiguous()`` instead for tensors not on the CPU, smaller than
-    :data:`HUGE_PAGE_MIN_BYTES`, or where the platform has no ``MADV_HUGEPAGE`` (not Linux). Where
-    the kernel refuses the advice (THP disabled), the copy lives in ordinary pages: the same values,
-    only the speed differs.
+    A plain ``torch.empty`` below :data:`HUGE_PAGE_MIN_BYTES` or where the platform has no
+    ``MADV_HUGEPAGE`` (not Linux). Where the kernel refuses the advice (THP disabled), the memory
+    is ordinary pages: only the speed differs.
     """
-    nbytes = table.numel() * table.element_size()
-    if (
-        table.device.type != "cpu"
-        or nbytes < HUGE_PAGE_MIN_BYTES
-        or not hasattr(mmap, "MADV_HUGEPAGE")
-    ):
-        return table.contiguous()
+    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    if nbytes < HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(shape, dtype=dtype)
     buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         buffer.madvise(mmap.MADV_HUGEPAGE)
     except OSError:
         pass  # THP not built into this kernel: ordinary pages
-    # Raw bytes viewed as the table's dtype (numpy has no bfloat16); the array keeps the mapping
-    # alive for as long as the tensor lives.
+    # Raw bytes viewed as the dtype (numpy has no bfloat16); the array keeps the mapping alive for
+    # as long as the tensor lives.
     raw = torch.from_numpy(np.frombuffer(buffer, dtype=np.uint8))
-    copy = raw.view(table.dtype).view(table.shape)
+    return raw.view(dtype).view(shape)
+
+
+def huge_page_copy(table: Tensor) -> Tensor:
+    """A contiguous copy of a CPU tensor in :func:`huge_page_empty` memory.
+
+    Returns ``table.contiguous()`` instead (which may be ``table`` itself) for tensors not on the
+    CPU or smaller than :data:`HUGE_PAGE_MIN_BYTES`.
+    """
+    nbytes = table.numel() * table.element_size()
+    if table.device.type != "cpu" or nbytes < HUGE_PAGE_MIN_BYTES:
+        return table.contiguous()
+    copy = huge_page_empty(tuple(table.shape), table.dtype)
     copy.copy_(table)
     return copy

@@ -6,8 +6,11 @@ import json
 import shutil
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
-from scorer.bundle import BundleError, load_bundle
+from scorer.bundle import BundleError, load_bundle, read_safetensors
+from triton_kernels.memory import HUGE_PAGE_MIN_BYTES
 
 
 @pytest.fixture
@@ -27,6 +30,37 @@ def test_intact_bundle_loads(bundle_copy):
     bundle = load_bundle(bundle_copy)
     assert bundle.graph.num_nodes == bundle.num_nodes == len(bundle.id_map)
     assert len(bundle.levels) == bundle.spec.num_levels
+    tables = load_file(str(bundle_copy / "tables.safetensors"))
+    for k, level in enumerate(bundle.levels):
+        assert torch.equal(level, tables[f"level{k}"])
+
+
+def test_read_safetensors_reads_every_dtype_small_and_large(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    large_rows = HUGE_PAGE_MIN_BYTES // (4 * 8) + 3  # over the huge-page threshold
+    tensors = {
+        "large": torch.randn(large_rows, 8, generator=g),
+        "f64": torch.randn(3, 5, generator=g, dtype=torch.float64),
+        "bf16": torch.randn(7, generator=g).bfloat16(),
+        "f16": torch.randn(2, 2, generator=g).half(),
+        "i32": torch.arange(-5, 6, dtype=torch.int32),
+        "i64": torch.arange(10).view(2, 5) * 10**12,
+        "empty": torch.zeros(0, 4),
+    }
+    save_file(tensors, str(tmp_path / "t.safetensors"))
+    got = read_safetensors(tmp_path / "t.safetensors", list(tensors))
+    for name, want in tensors.items():
+        assert got[name].dtype == want.dtype and torch.equal(got[name], want), name
+
+
+def test_read_safetensors_names_what_is_missing_or_cut(tmp_path):
+    path = tmp_path / "t.safetensors"
+    save_file({"level0": torch.ones(100, 4)}, str(path))
+    with pytest.raises(BundleError, match=r"no readable tensor 'level1' \(found \['level0'\]\)"):
+        read_safetensors(path, ["level1"])
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(BundleError, match="file ends inside tensor 'level0'"):
+        read_safetensors(path, ["level0"])
 
 
 def test_a_file_changed_after_export_is_refused(bundle_copy):
