@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from safetensors.torch import save_file
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ncnc.errors import InputError
@@ -239,6 +239,15 @@ def read_safetensors(path: Path, names: Sequence[str]) -> dict[str, Tensor]:
     return tensors
 
 
+def _map_safetensors(path: Path, names: Sequence[str]) -> dict[str, Tensor]:
+    """The named tensors of a safetensors file, backed by a mapping of the file."""
+    tensors = load_file(str(path))
+    missing = [name for name in names if name not in tensors]
+    if missing:
+        raise BundleError(f"{path}: no tensor {missing[0]!r} (found {sorted(tensors)})")
+    return {name: tensors[name] for name in names}
+
+
 def load_bundle_ids(path: Path) -> IdMap:
     """The node ids of a bundle, after every check of :func:`load_bundle`, without loading the
     graph and tables: what a driver needs whose workers do the scoring."""
@@ -247,13 +256,17 @@ def load_bundle_ids(path: Path) -> IdMap:
     return IdMap.load(_bundle_file(path, ID_MAP_FILE))
 
 
-def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
+def load_bundle(path: Path, *, verify: bool = True, huge_pages: bool = True) -> Bundle:
     """Read a bundle directory; with ``verify`` (default) every checksum is checked first.
 
     Args:
         path: the directory ``ncnc export`` wrote.
         verify: check every file's sha256 against the manifest (reads every byte once); turn it
             off only for a bundle checked already in this process.
+        huge_pages: read the graph and node tables into this process's own huge-page memory
+            (:func:`read_safetensors`: the fastest random row reads on the CPU). False maps the
+            files instead: processes on one machine (Ray actors) then share one copy through the
+            OS page cache, and a CUDA scorer keeps no second copy in host memory.
 
     Returns:
         The :class:`Bundle`, its tensors on the CPU. Nothing is unpickled; ``program.pt2`` is
@@ -270,9 +283,9 @@ def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
         spec = ScoringSpec(**manifest["spec"])
     except (KeyError, TypeError) as err:
         raise BundleError(f"{path / MANIFEST}: malformed spec ({err})") from err
-    arrays = read_safetensors(_bundle_file(path, GRAPH_FILE), ["indptr", "indices"])
-    tables = read_safetensors(_bundle_file(path, TABLES_FILE),
-                              [f"level{k}" for k in range(spec.num_levels)])
+    read = read_safetensors if huge_pages else _map_safetensors
+    arrays = read(_bundle_file(path, GRAPH_FILE), ["indptr", "indices"])
+    tables = read(_bundle_file(path, TABLES_FILE), [f"level{k}" for k in range(spec.num_levels)])
     return Bundle(
         path=path,
         manifest=manifest,

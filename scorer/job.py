@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from ncnc.device import resolve_device
 from ncnc.errors import InputError
 from ncnc.tables import IdMap
 from scorer.ranking import RANK, RunningTopK
@@ -409,7 +410,8 @@ def score_pairs(request: ScoreRequest) -> dict[str, Any]:
     from scorer.engine import BatchScorer
 
     check_report_path(request)
-    bundle = load_bundle(Path(request.bundle))
+    on_cpu = resolve_device(request.device).type == "cpu"
+    bundle = load_bundle(Path(request.bundle), huge_pages=on_cpu)
     scorer = BatchScorer(bundle, device=request.device)
     report = score_files(
         scorer, bundle.id_map, request.pairs, request.out, top_k=request.top_k,

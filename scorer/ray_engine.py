@@ -45,7 +45,8 @@ global. No shuffle and no sort of all scores.
 
 Resources. With GPUs in the cluster (and ``--device`` not ``cpu``) each actor takes one
 (``num_gpus=1``) and scores on CUDA; otherwise each takes one CPU and runs one thread (torch,
-onnxruntime). Every actor holds a whole bundle in memory.
+onnxruntime). Actors map the bundle's files rather than copying them into huge pages as
+``ncnc score`` does: the actors of a machine share one copy of the tables through the page cache.
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ def default_partition_rows(total_rows: int, batch_size: int, workers: int) -> in
 def _load(bundle: str | Path, device: str, threads: int | None) -> tuple[BatchScorer, IdMap]:
     if threads is not None:
         torch.set_num_threads(threads)  # also the CPU common-neighbour kernels' thread count
-    loaded = load_bundle(Path(bundle))
+    # Mapped, not copied: the actors on one machine share one copy of the tables.
+    loaded = load_bundle(Path(bundle), huge_pages=False)
     return BatchScorer(loaded, device, threads=threads), loaded.id_map
 
 

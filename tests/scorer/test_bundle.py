@@ -26,13 +26,17 @@ def edit_manifest(bundle, change):
     (bundle / "manifest.json").write_text(json.dumps(manifest))
 
 
-def test_intact_bundle_loads(bundle_copy):
-    bundle = load_bundle(bundle_copy)
+@pytest.mark.parametrize("huge_pages", [True, False])
+def test_intact_bundle_loads(bundle_copy, huge_pages):
+    bundle = load_bundle(bundle_copy, huge_pages=huge_pages)
     assert bundle.graph.num_nodes == bundle.num_nodes == len(bundle.id_map)
     assert len(bundle.levels) == bundle.spec.num_levels
     tables = load_file(str(bundle_copy / "tables.safetensors"))
     for k, level in enumerate(bundle.levels):
         assert torch.equal(level, tables[f"level{k}"])
+    graph = load_file(str(bundle_copy / "graph.safetensors"))
+    assert torch.equal(bundle.graph.indices, graph["indices"])
+    assert torch.equal(bundle.graph.indptr, graph["indptr"])
 
 
 def test_read_safetensors_reads_every_dtype_small_and_large(tmp_path):
