@@ -169,11 +169,11 @@ def ours_cn(graph: CSRGraph, x: Tensor, pairs: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def ours_split_gather(graph: CSRGraph, x: Tensor, pairs: Tensor, cap: int) -> Tensor:
+    """As NCNC's completion does it (``triton_kernels.completion``): the three sets of each pair
+    concatenated, then one gather (completion probabilities aside, which multiply the weights)."""
     split = tk.neighbor_split(graph.indptr, graph.indices, pairs, cap, seed=0)
-    out = tk.weighted_gather_sum(split.common.offsets, split.common.members, split.common.weights, x)
-    for part in (split.only_i, split.only_j):
-        out = out + tk.weighted_gather_sum(part.offsets, part.members, part.weights, x)
-    return out
+    members = tk.concat_ragged([split.common, split.only_i, split.only_j])
+    return tk.weighted_gather_sum(members.offsets, members.members, members.weights, x)
 
 
 # --- measurement -------------------------------------------------------------------------------
@@ -228,9 +228,9 @@ def measure(graph: CSRGraph, pair_sets: dict[str, Tensor], dims: list[int], args
                         times["baseline"].append(timed_pass(base, chunks, device))
                     times["ours"].append(timed_pass(ours, chunks, device))
                 results.append(summarise(graph, pairs, d, x, set_name, op, times, args))
+                print(format_row(results[-1]), flush=True)
                 if op == "split+gather" and not args.skip_baseline:
                     add_gather_floor(results[-1], graph, x, chunks, args.cap, device)
-                print(format_row(results[-1]), flush=True)
     return results
 
 
@@ -250,15 +250,9 @@ def check_agreement(graph: CSRGraph, x: Tensor, pairs: Tensor, op: str, cap: int
 
 def union_rows(split, num_nodes: int) -> Tensor:
     """A CSR matrix ``[B, n]`` with, in row ``b``, every member of pair ``b``'s three sets."""
-    parts = (split.common, split.only_i, split.only_j)
-    segment = torch.cat([p.segment_ids() for p in parts])
-    order = torch.argsort(segment, stable=True)
-    members = torch.cat([p.members for p in parts])[order]
-    weights = torch.cat([p.weights for p in parts])[order]
-    num_pairs = split.common.offsets.numel() - 1
-    crow = torch.zeros(num_pairs + 1, dtype=torch.long, device=members.device)
-    crow[1:] = torch.cumsum(torch.bincount(segment, minlength=num_pairs), 0)
-    return torch.sparse_csr_tensor(crow, members, weights, size=(num_pairs, num_nodes))
+    rows = tk.concat_ragged([split.common, split.only_i, split.only_j])
+    size = (rows.offsets.numel() - 1, num_nodes)
+    return torch.sparse_csr_tensor(rows.offsets, rows.members, rows.weights, size=size)
 
 
 def add_gather_floor(row: dict, graph: CSRGraph, x: Tensor, chunks: list[Tensor], cap: int,

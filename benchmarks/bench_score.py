@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from accuracy import code_version  # noqa: E402
+from accuracy import CODE_VERSION  # noqa: E402  (taken at start)
 
 
 class PairSampler:
@@ -238,7 +238,7 @@ def main() -> None:
             "bundle_full_pairs_per_s": round(bundle_full["pairs_per_second"]),
             "bundle_full_seconds": round(bundle_full["seconds"], 1),
             "batch_size": args.batch_size, "threads": args.threads,
-            "commit": code_version(), "command": " ".join(["python", *sys.argv]),
+            "commit": CODE_VERSION, "command": " ".join(["python", *sys.argv]),
         }
         if args.engine == "ray":
             row.update(ray_figures(bundle, full, full_out, bundle_full,

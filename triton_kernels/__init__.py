@@ -5,6 +5,7 @@ from triton_kernels.graph import CSRGraph, build_csr, validate_csr
 from triton_kernels.memory import huge_page_copy, huge_page_empty
 from triton_kernels.ops import (
     common_neighbor_sum,
+    concat_ragged,
     endpoint_product,
     neighbor_split,
     weighted_gather_sum,
@@ -16,6 +17,7 @@ __all__ = [
     "RaggedSet",
     "build_csr",
     "common_neighbor_sum",
+    "concat_ragged",
     "endpoint_product",
     "huge_page_copy",
     "huge_page_empty",

@@ -6,6 +6,8 @@ Three operations over a CSR graph (see :mod:`triton_kernels.graph`) and target p
 * :func:`neighbor_split_reference`: the members of ``N(i) & N(j)``, ``N(i) \\ N(j)`` and
   ``N(j) \\ N(i)`` in ragged form, the two differences capped and reweighted as NCNC does.
 * :func:`weighted_gather_sum_reference`: ``sum_k w_k x[m_k]`` per ragged segment.
+* :func:`concat_ragged_reference`: several ragged sets as one, pair by pair, so that one gather
+  sums what several would (NCNC sums its three sets in one pass over ``x``).
 
 Capping rule (deterministic, documented for users): a difference set ``S`` of pair ``(i, j)`` larger
 than ``cap`` is replaced by ``cap`` members drawn uniformly *with replacement*; slot ``k`` takes
@@ -17,6 +19,7 @@ Uncapped sets list members in ascending node order with weight 1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -167,6 +170,23 @@ def weighted_gather_sum_reference(
     rows = x[members.long()].to(acc_dtype) * weights.to(acc_dtype).unsqueeze(1)
     out = torch.zeros(num_pairs, x.size(1), dtype=acc_dtype, device=x.device)
     return out.index_add(0, segment, rows)
+
+
+def concat_ragged_reference(parts: Sequence[RaggedSet]) -> RaggedSet:
+    """One ragged set holding, for each pair, the members of ``parts[0]``, then of ``parts[1]``,
+    and so on (each in its own order), with their weights; all parts have the same pairs.
+
+    Its weighted gather-sum is the sum of the parts' gather-sums, read in one pass. Written
+    without data-dependent loops (a stable sort by pair), so ``torch.export`` can trace it.
+    """
+    segments = torch.cat([part.segment_ids() for part in parts])
+    order = torch.argsort(segments, stable=True)
+    members = torch.cat([part.members.long() for part in parts])[order]
+    weights = torch.cat([part.weights.float() for part in parts])[order]
+    offsets = parts[0].offsets - parts[0].offsets  # zeros shaped like the offsets
+    for part in parts:
+        offsets = offsets + part.offsets
+    return RaggedSet(offsets, members, weights)
 
 
 def endpoint_product_reference(h: Tensor, pairs: Tensor) -> Tensor:

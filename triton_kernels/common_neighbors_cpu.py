@@ -368,6 +368,19 @@ def _endpoint_product(lo, hi, rows, pairs, dst):
 
 
 @numba.njit(**_JIT)
+def _append_segments(lo, hi, offsets, members, weights, filled, out_members, out_weights):
+    """Append segment ``b`` of one ragged set at ``filled[b]`` of the output, for ``b`` in
+    ``lo:hi``, and advance ``filled[b]`` past it."""
+    for b in range(lo, hi):
+        o = filled[b]
+        for k in range(offsets[b], offsets[b + 1]):
+            out_members[o] = members[k]
+            out_weights[o] = weights[k]
+            o += 1
+        filled[b] = o
+
+
+@numba.njit(**_JIT)
 def _ragged_scatter(t0, t1, offsets, members, weights, src, dst):
     """``dst[m_k, t0:t1] += w_k src[b, t0:t1]`` for every member of every segment."""
     end = offsets[-1]
@@ -528,3 +541,19 @@ def endpoint_product_cpu(h: Tensor, pairs: Tensor) -> Tensor:
     out = torch.empty(pairs.size(0), h.size(1), dtype=h.dtype)
     run_ranges(_endpoint_product, pairs.size(0), _np(h), _pairs(pairs), out.numpy())
     return out
+
+
+def concat_ragged_cpu(parts: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`triton_kernels.common_neighbors.concat_ragged_reference` on ``(offsets, members,
+    weights)`` triples: one pass per part, parallel over pairs."""
+    offsets = torch.stack([part[0] for part in parts]).sum(0)
+    total = int(offsets[-1])
+    members = torch.empty(total, dtype=torch.long)
+    weights = torch.empty(total, dtype=torch.float32)
+    filled = offsets[:-1].clone()
+    for part_offsets, part_members, part_weights in parts:
+        run_ranges(
+            _append_segments, offsets.numel() - 1, _np(part_offsets), _np(part_members.long()),
+            _np(part_weights.float()), filled.numpy(), members.numpy(), weights.numpy(),
+        )  # fmt: skip
+    return offsets, members, weights

@@ -15,7 +15,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from triton_kernels.ops import neighbor_split, weighted_gather_sum
+from triton_kernels.common_neighbors import RaggedSet
+from triton_kernels.ops import concat_ragged, neighbor_split, weighted_gather_sum
 
 INNER_CHUNK = 32_768
 """Completion pairs scored per call of ``inner_logits``."""
@@ -94,10 +95,13 @@ def completed_common_neighbor_sum(
     with torch.no_grad():
         probs = calibration(_distinct_logits(completion_pairs, inner_logits, symmetric_inner, x))
     p_i, p_j = probs.split([only_i.members.numel(), only_j.members.numel()])
-    common = split.common
-    cn = weighted_gather_sum(common.offsets, common.members, common.weights, x)
-    cn = cn + weighted_gather_sum(only_i.offsets, only_i.members, p_i * only_i.weights, x)
-    return cn + weighted_gather_sum(only_j.offsets, only_j.members, p_j * only_j.weights, x)
+    # One gather over the three sets: each pair's x rows are read in one pass, into one output.
+    members = concat_ragged([
+        split.common,
+        RaggedSet(only_i.offsets, only_i.members, p_i * only_i.weights),
+        RaggedSet(only_j.offsets, only_j.members, p_j * only_j.weights),
+    ])
+    return weighted_gather_sum(members.offsets, members.members, members.weights, x)
 
 
 def _distinct_logits(

@@ -24,13 +24,19 @@ known then).
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 import triton_kernels.library  # noqa: F401  (registers torch.ops.ncnc.*)
-from triton_kernels.common_neighbors import NeighborSplit, RaggedSet, endpoint_product_reference
+from triton_kernels.common_neighbors import (
+    NeighborSplit,
+    RaggedSet,
+    concat_ragged_reference,
+    endpoint_product_reference,
+)
 from triton_kernels.graph import validate_csr
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -238,3 +244,24 @@ def endpoint_product(h: Tensor, pairs: Tensor) -> Tensor:
     if not compiled:
         return endpoint_product_reference(h, pairs)
     return triton_kernels.library.cpu.endpoint_product_cpu(h, pairs)
+
+
+def concat_ragged(parts: Sequence[RaggedSet]) -> RaggedSet:
+    """Several ragged sets over the same pairs as one: for each pair the members (and weights) of
+    ``parts[0]``, then ``parts[1]``, ... So ``weighted_gather_sum`` of the result sums in one pass
+    over ``x`` what one call per part, added up, would: NCNC gathers its common part and both
+    completed differences this way.
+
+    On the CPU (outside tracing) one compiled pass per part; elsewhere
+    :func:`~triton_kernels.common_neighbors.concat_ragged_reference`, which gives the same tensors.
+    """
+    if not parts:
+        raise ValueError("concat_ragged needs at least one ragged set")
+    _check_same_device(**{f"part{k}": part.offsets for k, part in enumerate(parts)})
+    if not _tracing() and len({part.offsets.numel() for part in parts}) > 1:
+        shapes = [tuple(part.offsets.shape) for part in parts]
+        raise ValueError(f"ragged sets must cover the same pairs, got offsets of shapes {shapes}")
+    if parts[0].offsets.device.type != "cpu" or _tracing():
+        return concat_ragged_reference(parts)
+    flat = [(part.offsets, part.members, part.weights.detach()) for part in parts]
+    return RaggedSet(*triton_kernels.library.cpu.concat_ragged_cpu(flat))

@@ -26,6 +26,7 @@ from tests.triton_kernels.interpret_worker import InterpretedKernels
 from triton_kernels import CSRGraph, NeighborSplit, build_csr
 from triton_kernels.common_neighbors import (
     common_neighbor_sum_reference,
+    concat_ragged_reference,
     endpoint_product_reference,
     neighbor_split_reference,
     weighted_gather_sum_reference,
@@ -305,6 +306,54 @@ def test_endpoint_product_is_differentiable_through_the_reference():
 def test_endpoint_product_rejects_bad_inputs(h, pairs, message):
     with pytest.raises(ValueError, match=message):
         tk.endpoint_product(h, pairs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("graph_name", ["random", "hub", "empty"])
+@pytest.mark.parametrize("cap", [-1, 3])
+def test_concat_ragged_matches_reference_and_sums_like_the_parts(device, graph_name, cap):
+    graph = _graph(graph_name, device=device)
+    pairs = _pairs(graph_name).to(device)
+    split = tk.neighbor_split(graph.indptr, graph.indices, pairs, cap)
+    g = torch.Generator().manual_seed(5)
+    scaled = tk.RaggedSet(split.only_j.offsets, split.only_j.members,
+                          split.only_j.weights * torch.rand(split.only_j.members.numel(), generator=g).to(device))
+    parts = [split.common, split.only_i, scaled]
+    got = tk.concat_ragged(parts)
+    want = concat_ragged_reference([tk.RaggedSet(*(t.cpu() for t in (p.offsets, p.members, p.weights))) for p in parts])
+    for field in ("offsets", "members", "weights"):
+        assert_matches(getattr(got, field), getattr(want, field), field)
+    # pair b's segment: its common part, then N(i) \ N(j), then the scaled N(j) \ N(i)
+    b = int(torch.argmax(split.common.sizes() + split.only_i.sizes()))
+    expect = torch.cat([p.members[p.offsets[b] : p.offsets[b + 1]] for p in parts])
+    assert torch.equal(got.members[got.offsets[b] : got.offsets[b + 1]], expect)
+    x = _features(graph.num_nodes, 7, torch.float64).to(device)
+    summed = sum(tk.weighted_gather_sum(p.offsets, p.members, p.weights, x) for p in parts)
+    assert_matches(tk.weighted_gather_sum(got.offsets, got.members, got.weights, x), summed, "sum", 1e-9, 1e-12)
+
+
+@pytest.mark.parametrize("num_pairs", [0, 1, 5000])
+def test_concat_ragged_of_zero_one_and_many_pairs(num_pairs):
+    g = torch.Generator().manual_seed(6)
+    parts = []
+    for _ in range(3):
+        sizes = torch.randint(0, 4, (num_pairs,), generator=g)
+        offsets = torch.zeros(num_pairs + 1, dtype=torch.long)
+        offsets[1:] = torch.cumsum(sizes, 0)
+        total = int(offsets[-1])
+        parts.append(tk.RaggedSet(offsets, torch.randint(0, 99, (total,), generator=g), torch.rand(total, generator=g)))
+    got, want = tk.concat_ragged(parts), concat_ragged_reference(parts)
+    for field in ("offsets", "members", "weights"):
+        assert torch.equal(getattr(got, field), getattr(want, field)), field
+
+
+def test_concat_ragged_rejects_sets_over_other_pairs():
+    one = tk.RaggedSet(torch.tensor([0, 1]), torch.tensor([3]), torch.ones(1))
+    two = tk.RaggedSet(torch.tensor([0, 0, 1]), torch.tensor([4]), torch.ones(1))
+    with pytest.raises(ValueError, match="same pairs"):
+        tk.concat_ragged([one, two])
+    with pytest.raises(ValueError, match="at least one"):
+        tk.concat_ragged([])
 
 
 # --- gradients ---------------------------------------------------------------------------------
