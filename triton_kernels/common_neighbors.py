@@ -183,9 +183,7 @@ def concat_ragged_reference(parts: Sequence[RaggedSet]) -> RaggedSet:
     order = torch.argsort(segments, stable=True)
     members = torch.cat([part.members.long() for part in parts])[order]
     weights = torch.cat([part.weights.float() for part in parts])[order]
-    offsets = parts[0].offsets - parts[0].offsets  # zeros shaped like the offsets
-    for part in parts:
-        offsets = offsets + part.offsets
+    offsets = torch.stack([part.offsets for part in parts]).sum(0)
     return RaggedSet(offsets, members, weights)
 
 

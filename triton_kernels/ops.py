@@ -1,9 +1,12 @@
 """Public entry points of the common-neighbour step: validate at the boundary, then dispatch.
 
-Every caller (trainer, exporter, scorer) goes through these functions. Each checks its inputs and
-calls one ``torch.ops.ncnc`` operator (:mod:`triton_kernels.library`); the dispatcher runs the
-Triton kernels for CUDA tensors and the numba twin for CPU tensors. All three are differentiable
-with respect to ``x`` (not with respect to ``weights``).
+Every caller (trainer, exporter, scorer) goes through these functions. The three
+common-neighbour operations check their inputs and call one ``torch.ops.ncnc`` operator
+(:mod:`triton_kernels.library`); the dispatcher runs the Triton kernels for CUDA tensors and the
+numba twin for CPU tensors. All three are differentiable with respect to ``x`` (not with respect
+to ``weights``). Two helpers of the scorer's hot path, :func:`endpoint_product` and
+:func:`concat_ragged`, are plain functions: a numba pass on the CPU, their torch reference
+elsewhere (CUDA, autograd, tracing), with the same results.
 
 Validation cost, and the ``check`` flag:
 
