@@ -208,9 +208,9 @@ def bytes_read(graph: CSRGraph, pairs: Tensor, d: int, x_elem: int, op: str, mem
 def measure(graph: CSRGraph, pair_sets: dict[str, Tensor], dims: list[int], args, device) -> list[dict]:
     results = []
     for d in dims:
-        # Huge pages as the scorer loads its tables (triton_kernels.memory); both sides read this x.
-        x = huge_page_copy(torch.randn(graph.num_nodes, d, generator=torch.Generator().manual_seed(d)))
-        x = x.to(device)
+        x = torch.randn(graph.num_nodes, d, generator=torch.Generator().manual_seed(d))
+        # On the CPU in huge pages, as the scorer loads its tables; both sides read this x.
+        x = huge_page_copy(x) if device.type == "cpu" else x.to(device)
         for set_name, pairs in pair_sets.items():
             chunks = list(pairs.to(device).split(args.chunk))
             for op in ("cn", "split+gather"):
@@ -369,9 +369,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name, pairs in pair_sets.items():
         mins = torch.minimum(deg[pairs[:, 0]], deg[pairs[:, 1]]).float()
         print(f"{name}: mean shorter row {mins.mean():.1f}, mean rows {deg[pairs].float().mean():.1f}")
-    dev_graph = graph.to(device)
     if device.type == "cpu":
         dev_graph = CSRGraph(graph.indptr, huge_page_copy(graph.indices))
+    else:
+        dev_graph = graph.to(device)
     tk.common_neighbor_sum(dev_graph.indptr, dev_graph.indices, torch.zeros(graph.num_nodes, 1, device=device),
                            pair_sets["random"][:1].to(device))  # validates the graph once
     results = measure(dev_graph, pair_sets, args.dims, args, device)

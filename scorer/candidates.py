@@ -177,7 +177,8 @@ def write_candidates(bundle_path: Path, out: Path, *, nodes: Path | None = None,
     started = time.perf_counter()
     out = Path(out)
     refuse_overwriting(out, [nodes] if nodes is not None else [])
-    bundle = load_bundle(Path(bundle_path))
+    # Only the graph is read: mapping the files (no huge-page copy) leaves the tables on disk.
+    bundle = load_bundle(Path(bundle_path), huge_pages=False)
     id_map = bundle.id_map
     sources = None
     if nodes is not None:
