@@ -168,11 +168,15 @@ def ours_cn(graph: CSRGraph, x: Tensor, pairs: Tensor) -> tuple[Tensor, Tensor]:
     return tk.common_neighbor_sum(graph.indptr, graph.indices, x, pairs)
 
 
+def all_members(split: tk.NeighborSplit) -> tk.RaggedSet:
+    """The three sets of each pair as one ragged set, as NCNC's completion gathers them."""
+    return tk.concat_ragged([split.common, split.only_i, split.only_j])
+
+
 def ours_split_gather(graph: CSRGraph, x: Tensor, pairs: Tensor, cap: int) -> Tensor:
     """As NCNC's completion does it (``triton_kernels.completion``): the three sets of each pair
     concatenated, then one gather (completion probabilities aside, which multiply the weights)."""
-    split = tk.neighbor_split(graph.indptr, graph.indices, pairs, cap, seed=0)
-    members = tk.concat_ragged([split.common, split.only_i, split.only_j])
+    members = all_members(tk.neighbor_split(graph.indptr, graph.indices, pairs, cap, seed=0))
     return tk.weighted_gather_sum(members.offsets, members.members, members.weights, x)
 
 
@@ -248,9 +252,9 @@ def check_agreement(graph: CSRGraph, x: Tensor, pairs: Tensor, op: str, cap: int
         raise SystemExit("ours and the baseline disagree on the common parts")
 
 
-def union_rows(split, num_nodes: int) -> Tensor:
+def union_rows(split: tk.NeighborSplit, num_nodes: int) -> Tensor:
     """A CSR matrix ``[B, n]`` with, in row ``b``, every member of pair ``b``'s three sets."""
-    rows = tk.concat_ragged([split.common, split.only_i, split.only_j])
+    rows = all_members(split)
     size = (rows.offsets.numel() - 1, num_nodes)
     return torch.sparse_csr_tensor(rows.offsets, rows.members, rows.weights, size=size)
 
