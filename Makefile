@@ -3,18 +3,26 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The strict editable install links each module file into build/__editable__.*: adding or removing
+# a module needs a reinstall, so the list of modules is a prerequisite of the stamp.
+MODULES := $(VENV)/.modules
 
-.PHONY: install demo test docs bench-accuracy clean
+.PHONY: install demo test lint docs bench-accuracy clean FORCE
 
 install: $(STAMP)
 
+$(MODULES): FORCE
+	@mkdir -p $(VENV)
+	@find ncnc trainer exporter scorer triton_kernels -name '*.py' | sort > $@.new
+	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+
 # torch is pinned to the CPU build that installs from a local file; an unpinned
 # torch would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(MODULES)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[cpu,dev,ray]'
+	$(PY) -m pip install --quiet -e '.[cpu,dev,ray]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -26,7 +34,7 @@ test: $(STAMP)
 # The README's CLI reference is rendered from the commands' --help (tests/ncnc/test_cli_reference.py
 # fails when it is stale).
 docs: $(STAMP)
-	$(PY) -m ncnc.cli_reference --write README.md
+	$(PY) -m ncnc.cli.reference --write README.md
 
 bench-accuracy: $(STAMP)
 	$(PY) benchmarks/accuracy.py

@@ -55,7 +55,7 @@ def copy_planetoid(source: Path, datasets: list[str], target: Path) -> Path:
 
 
 def run_one(model: str, dataset: str, seed: int, data_root: Path, epochs: int) -> dict:
-    from trainer.api import TrainRequest, train
+    from ncnc.trainer.api import TrainRequest, train
 
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()

@@ -26,7 +26,7 @@ rows our split selects (``gather_floor_s``), and ``ratio_bound`` = baseline time
 largest ratio any implementation reading those float32 rows could reach here.
 
 On the CPU ``x`` and the graph's ``indices`` are copied into huge pages
-(:func:`triton_kernels.huge_page_copy`, as ``ncnc score`` loads a bundle); both sides read them.
+(:func:`ncnc.triton_kernels.huge_page_copy`, as ``ncnc score`` loads a bundle); both sides read them.
 
     python benchmarks/bench_common_neighbors.py                                  # full size, CPU
     python benchmarks/bench_common_neighbors.py --nodes 100000 --edges 1000000 --pairs 100000
@@ -48,10 +48,9 @@ import torch
 from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import triton_kernels as tk  # noqa: E402
-from triton_kernels import CSRGraph, build_csr, huge_page_copy  # noqa: E402
+import ncnc.triton_kernels as tk
+from ncnc.triton_kernels import CSRGraph, build_csr, huge_page_copy
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
@@ -174,7 +173,7 @@ def all_members(split: tk.NeighborSplit) -> tk.RaggedSet:
 
 
 def ours_split_gather(graph: CSRGraph, x: Tensor, pairs: Tensor, cap: int) -> Tensor:
-    """As NCNC's completion does it (``triton_kernels.completion``): the three sets of each pair
+    """As NCNC's completion does it (``ncnc.triton_kernels.completion``): the three sets of each pair
     concatenated, then one gather (completion probabilities aside, which multiply the weights)."""
     members = all_members(tk.neighbor_split(graph.indptr, graph.indices, pairs, cap, seed=0))
     return tk.weighted_gather_sum(members.offsets, members.members, members.weights, x)

@@ -23,8 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_score import ROOT, PairSampler, build_bundle, build_inputs  # noqa: E402
+from bench_score import ROOT, PairSampler, build_bundle, build_inputs
 
 PART_ROWS = 1_000_000
 
@@ -78,7 +77,7 @@ def main() -> None:
     folder = write_parts(args.workdir, graph_dir, args.nodes, args.pairs, seed=7)
     out = args.workdir / f"load_{args.pairs}_{args.model}.parquet"
     report_path = out.with_suffix(".report.json")
-    command = [sys.executable, "-m", "ncnc", "score", "--bundle", str(bundle), "--pairs",
+    command = [str(Path(sys.executable).with_name("ncnc")), "score", "--bundle", str(bundle), "--pairs",
                str(folder), "--out", str(out), "--batch-size", str(args.batch_size),
                "--device", "cpu", "--resume", "--report", str(report_path)]
     started = time.perf_counter()

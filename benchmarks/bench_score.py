@@ -35,9 +35,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from accuracy import CODE_VERSION  # noqa: E402  (taken at start)
+from accuracy import CODE_VERSION  # taken at start
 
 
 class PairSampler:
@@ -74,7 +73,7 @@ def build_inputs(workdir: Path, nodes: int, degree: float, pairs: int, seed: int
     import numpy as np
     import polars as pl
 
-    from trainer.synthetic import community_graph
+    from ncnc.trainer.synthetic import community_graph
 
     graph_dir = workdir / "graph"
     if not (graph_dir / "edges.parquet").exists():
@@ -106,12 +105,12 @@ def build_bundle(workdir: Path, graph_dir: Path, model: str) -> tuple[Path, Path
     """An untrained checkpoint of ``model`` over the whole graph, and its exported bundle."""
     import torch
 
-    from exporter import export_bundle
-    from trainer.checkpoint import save_checkpoint
-    from trainer.config import resolve_config
-    from trainer.data import load_edge_list
-    from trainer.model import LinkPredictionModel
-    from trainer.splits import EdgeSplit
+    from ncnc.exporter import export_bundle
+    from ncnc.trainer.checkpoint import save_checkpoint
+    from ncnc.trainer.config import resolve_config
+    from ncnc.trainer.data import load_edge_list
+    from ncnc.trainer.model import LinkPredictionModel
+    from ncnc.trainer.splits import EdgeSplit
 
     checkpoint, bundle = workdir / f"ck_{model}", workdir / f"bundle_{model}"
     if (bundle / "manifest.json").exists():
@@ -136,9 +135,9 @@ EAGER = """
 import json, sys, time
 from pathlib import Path
 import polars as pl, torch
-from trainer.checkpoint import load_checkpoint
-from trainer.training import TrainingGraph
-from scorer.job import peak_rss_mib
+from ncnc.trainer.checkpoint import load_checkpoint
+from ncnc.trainer.training import TrainingGraph
+from ncnc.scorer.job import peak_rss_mib
 torch.set_num_threads({threads})
 ck = load_checkpoint(Path({checkpoint!r}))
 graph = TrainingGraph(torch.cat([ck.split.train, ck.split.valid]), ck.config.model.num_nodes).graph
@@ -165,7 +164,7 @@ def run_eager(checkpoint: Path, pairs: Path, batch_size: int, threads: int) -> d
 def run_bundle(bundle: Path, pairs: Path, out: Path, batch_size: int, *extra: str) -> dict:
     """``ncnc score`` in its own process (``extra``: more flags, e.g. the engine); its report."""
     report = out.with_suffix(".report.json")
-    subprocess.run([sys.executable, "-m", "ncnc", "score", "--bundle", str(bundle), "--pairs",
+    subprocess.run([str(Path(sys.executable).with_name("ncnc")), "score", "--bundle", str(bundle), "--pairs",
                     str(pairs), "--out", str(out), "--batch-size", str(batch_size), "--quiet",
                     "--device", "cpu", "--report", str(report), *extra],
                    check=True, capture_output=True, text=True, cwd=ROOT)

@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from accuracy import DATASET_DIRS, DEFAULT_PLANETOID, code_version  # noqa: E402
+from accuracy import DATASET_DIRS, DEFAULT_PLANETOID, code_version
 
 
 def main() -> None:
     import torch
 
-    from trainer.api import TrainRequest, train
+    from ncnc.trainer.api import TrainRequest, train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["ncnc", "ncn"])

@@ -23,7 +23,7 @@ NODES = 20_000
 
 def ncnc(*args: str) -> dict:
     """Run one ``ncnc`` command as a user would, echoing it; return its JSON output."""
-    command = [sys.executable, "-m", "ncnc", *args]
+    command = [str(Path(sys.executable).with_name("ncnc")), *args]
     print(f"\n$ ncnc {shlex.join(args)}", flush=True)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -36,7 +36,7 @@ def ncnc(*args: str) -> dict:
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "demo_output"
     out.mkdir(parents=True, exist_ok=True)
-    from trainer.synthetic import community_graph
+    from ncnc.trainer.synthetic import community_graph
 
     print(f"Generating a graph of {NODES:,} users with communities and friend-of-friend links...")
     graph = community_graph(NODES, avg_degree=8, num_communities=30, feature_dim=16,

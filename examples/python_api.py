@@ -16,11 +16,11 @@ from pathlib import Path
 
 import polars as pl
 
-from exporter import export_bundle
-from scorer.bundle import load_bundle
-from scorer.engine import BatchScorer
-from scorer.job import score_table
-from trainer.api import TrainRequest, train
+from ncnc.exporter import export_bundle
+from ncnc.scorer.bundle import load_bundle
+from ncnc.scorer.engine import BatchScorer
+from ncnc.scorer.job import score_table
+from ncnc.trainer.api import TrainRequest, train
 
 
 def unlinked_pairs(edges: pl.DataFrame, users: pl.Series, everyone: pl.Series) -> pl.DataFrame:

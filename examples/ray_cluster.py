@@ -20,8 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from ncnc.errors import InputError
-from scorer.ray_engine import RayOptions, score_files_ray
+from ncnc.core.errors import InputError
+from ncnc.scorer.ray_engine import RayOptions, score_files_ray
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """Checkpoint -> validated bundle (bridges trainer/ and scorer/)."""
 
-from exporter.export import ExportConfig, ExportValidationError, export_bundle
+from ncnc.exporter.export import ExportConfig, ExportValidationError, export_bundle
 
 __all__ = ["ExportConfig", "ExportValidationError", "export_bundle"]

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ncnc.errors import InputError
-from scorer.bundle import (
+from ncnc.core.errors import InputError
+from ncnc.scorer.bundle import (
     PROGRAM_FILE,
     HEAD_FILE,
     Bundle,
@@ -29,13 +29,13 @@ from scorer.bundle import (
     write_arrays,
     write_manifest,
 )
-from scorer.engine import BatchScorer
-from scorer.pair_scoring import pair_logits
-from scorer.stream import remove_stale_temporaries, temporary_path
-from trainer.checkpoint import Checkpoint, library_versions, load_checkpoint
-from trainer.data import load_edge_list
-from trainer.model import PairPredictor
-from triton_kernels import CSRGraph, build_csr
+from ncnc.scorer.engine import BatchScorer
+from ncnc.scorer.pair_scoring import pair_logits
+from ncnc.scorer.stream import remove_stale_temporaries, temporary_path
+from ncnc.trainer.checkpoint import Checkpoint, library_versions, load_checkpoint
+from ncnc.trainer.data import load_edge_list
+from ncnc.trainer.model import PairPredictor
+from ncnc.triton_kernels import CSRGraph, build_csr
 
 log = logging.getLogger("ncnc.exporter")
 
@@ -97,7 +97,7 @@ def export_bundle(
     both, comparing them with the eager model, before the manifest is written.
 
     Args:
-        checkpoint: a directory written by :func:`trainer.api.train` (a :class:`~pathlib.Path`).
+        checkpoint: a directory written by :func:`ncnc.trainer.api.train` (a :class:`~pathlib.Path`).
         out: the bundle directory (a :class:`~pathlib.Path`); built under a temporary name beside
             it and moved into place at the end.
         edges: a newer graph snapshot (Parquet ``src``, ``dst``) to score against instead of the
@@ -273,7 +273,7 @@ def _validate(ck: Checkpoint, predictor: PairPredictor, spec: ScoringSpec, graph
 
 
 def _common_counts(graph: CSRGraph, pairs: Tensor) -> Tensor:
-    from triton_kernels import common_neighbor_sum
+    from ncnc.triton_kernels import common_neighbor_sum
 
     _, counts = common_neighbor_sum(graph.indptr, graph.indices,
                                     torch.zeros(graph.num_nodes, 1), pairs)

@@ -35,10 +35,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ncnc.errors import InputError
-from ncnc.tables import IdMap
-from triton_kernels import CSRGraph, huge_page_empty
-from triton_kernels.completion import Calibration
+from ncnc.core.errors import InputError
+from ncnc.core.ids import IdMap
+from ncnc.triton_kernels import CSRGraph, huge_page_empty
+from ncnc.triton_kernels.completion import Calibration
 
 BUNDLE_FORMAT = "ncnc-bundle"
 FORMAT_VERSION = 1
@@ -83,7 +83,7 @@ class ScoringSpec:
 
 @dataclass
 class Bundle:
-    """A loaded bundle (:func:`load_bundle`): what :class:`scorer.engine.BatchScorer` scores with.
+    """A loaded bundle (:func:`load_bundle`): what :class:`ncnc.scorer.engine.BatchScorer` scores with.
 
     Attributes:
         path: the bundle directory.
@@ -209,7 +209,7 @@ _SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torc
 
 def read_safetensors(path: Path, names: Sequence[str]) -> dict[str, Tensor]:
     """The named tensors of a safetensors file, read straight into huge-page memory
-    (:func:`triton_kernels.huge_page_empty`).
+    (:func:`ncnc.triton_kernels.huge_page_empty`).
 
     The scorer reads table and graph rows at random, and huge pages spare it most TLB misses.
     Reading (rather than mapping the file and copying) keeps the file's pages out of the process,
@@ -273,7 +273,7 @@ def load_bundle(path: Path, *, verify: bool = True, huge_pages: bool = True) -> 
         not loaded.
 
     Raises:
-        BundleError: (an :class:`~ncnc.errors.InputError`) no such directory, not a bundle, an
+        BundleError: (an :class:`~ncnc.core.errors.InputError`) no such directory, not a bundle, an
             unknown ``format_version``, a malformed manifest, a missing or changed file, or a
             manifest file name pointing outside the bundle.
     """

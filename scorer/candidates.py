@@ -24,10 +24,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ncnc.errors import InputError
-from ncnc.tables import read_parquet_table
-from scorer.stream import AtomicParquetWriter, refuse_overwriting
-from triton_kernels import CSRGraph
+from ncnc.core.errors import InputError
+from ncnc.core.tables import read_parquet_table
+from ncnc.scorer.stream import AtomicParquetWriter, refuse_overwriting
+from ncnc.triton_kernels import CSRGraph
 
 DEFAULT_MAX_PATHS = 1 << 21  # about 150 MiB of intermediate tensors per chunk
 
@@ -172,7 +172,7 @@ def write_candidates(bundle_path: Path, out: Path, *, nodes: Path | None = None,
         InputError: bad bundle or nodes file (missing column, nulls, unknown ids), or ``out`` is
             the nodes file.
     """
-    from scorer.bundle import load_bundle
+    from ncnc.scorer.bundle import load_bundle
 
     started = time.perf_counter()
     out = Path(out)

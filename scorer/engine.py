@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ncnc.device import resolve_device
-from scorer.bundle import Bundle
-from scorer.pair_scoring import pair_logits
+from ncnc.core.device import resolve_device
+from ncnc.scorer.bundle import Bundle
+from ncnc.scorer.pair_scoring import pair_logits
 
 
 class OnnxHead:
-    """The bundle's ``head.onnx`` behind the :data:`scorer.pair_scoring.HeadFn` interface."""
+    """The bundle's ``head.onnx`` behind the :data:`ncnc.scorer.pair_scoring.HeadFn` interface."""
 
     def __init__(self, path, device: torch.device, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -47,7 +47,7 @@ def _numpy(t: Tensor) -> np.ndarray:
 class BatchScorer:
     """Scores ``[B, 2]`` int64 node-index pairs with a bundle; returns float32 logits on the CPU.
 
-    Node indices, not original ids: :func:`scorer.job.score_table` maps ids through
+    Node indices, not original ids: :func:`ncnc.scorer.job.score_table` maps ids through
     ``bundle.id_map`` and calls :meth:`score_logits`. On the CPU a pair's logit is bit-identical
     whatever batch it is scored in. ``device`` is ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
     """

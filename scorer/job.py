@@ -5,17 +5,17 @@ Three layers, so that other drivers (a Ray adapter, a notebook) reuse the lower 
 - :func:`score_table`: one in-memory table of pairs -> the same rows with ``score`` and ``prob``.
 - :func:`score_files`: the streaming job over files with any :class:`PairScorer` (tests pass a
   fake one): read batch by batch, score, write incrementally or keep a running top K, report.
-- :func:`score_pairs`: loads the bundle and its :class:`~scorer.engine.BatchScorer`, then runs
+- :func:`score_pairs`: loads the bundle and its :class:`~ncnc.scorer.engine.BatchScorer`, then runs
   :func:`score_files` and writes the report (``ncnc score`` calls this).
 
-:mod:`scorer.ray_engine` runs the same :class:`ScoringJob` on partitions of the input in Ray
+:mod:`ncnc.scorer.ray_engine` runs the same :class:`ScoringJob` on partitions of the input in Ray
 actors (``ncnc score --engine ray``), with the same :class:`OutputSpec` and report.
 
 Output columns: ``src``, ``dst`` (original ids, in the graph's id dtype: Int64 or String),
 ``score`` (the logit, Float32), ``prob`` (``sigmoid(score)``, Float32), and with a top K ``rank``
 (Int64, 1 = best). Without a top K, rows keep input order (files in the order given, folders and
 globs sorted by name, rows in file order). With a top K the rows are sorted by rank (globally), or
-by source and rank (``per_source``); see :mod:`scorer.ranking` for the tie rule: a higher score
+by source and rank (``per_source``); see :mod:`ncnc.scorer.ranking` for the tie rule: a higher score
 first, equal scores by input position, the earlier first.
 """
 
@@ -38,12 +38,12 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from ncnc.device import resolve_device
-from ncnc.errors import InputError
-from ncnc.tables import IdMap
-from scorer.ranking import RANK, RunningTopK
-from scorer.resume import Chunk, ResumeStore, job_fingerprint
-from scorer.stream import (
+from ncnc.core.device import resolve_device
+from ncnc.core.errors import InputError
+from ncnc.core.ids import IdMap
+from ncnc.scorer.ranking import RANK, RunningTopK
+from ncnc.scorer.resume import Chunk, ResumeStore, job_fingerprint
+from ncnc.scorer.stream import (
     PAIR_COLUMNS,
     AtomicParquetWriter,
     PairBatch,
@@ -53,7 +53,7 @@ from scorer.stream import (
     iter_pair_batches,
     refuse_overwriting,
 )
-from triton_kernels.completion import reproducible_sigmoid
+from ncnc.triton_kernels.completion import reproducible_sigmoid
 
 DEFAULT_BATCH_SIZE = 65536
 DEFAULT_RESUME_EVERY = 1 << 20
@@ -63,7 +63,7 @@ ROW = "row"
 
 
 class PairScorer(Protocol):
-    """What the job needs of a scorer (:class:`scorer.engine.BatchScorer` is one)."""
+    """What the job needs of a scorer (:class:`ncnc.scorer.engine.BatchScorer` is one)."""
 
     def score_logits(self, pairs: torch.Tensor) -> torch.Tensor:
         """``[B, 2]`` int64 node indices -> ``[B]`` float32 logits on the CPU."""
@@ -71,7 +71,7 @@ class PairScorer(Protocol):
 
 
 class FrameWriter(Protocol):
-    """Where a job puts scored rows (:class:`~scorer.stream.AtomicParquetWriter` is one)."""
+    """Where a job puts scored rows (:class:`~ncnc.scorer.stream.AtomicParquetWriter` is one)."""
 
     def write(self, frame: pl.DataFrame) -> None:
         """Append ``frame`` (the job's output columns)."""
@@ -185,7 +185,7 @@ def score_files(scorer: PairScorer, id_map: IdMap, pairs: Sequence[Path | str], 
         progress: show a progress bar (pairs/s) on stderr.
         resume: keep finished work in ``.<out name>.resume`` beside ``out`` (committed every
             ``resume_every`` input rows) and continue from the work a killed or failed run of the
-            same job left there; see :mod:`scorer.resume`. The output is the same as without.
+            same job left there; see :mod:`ncnc.scorer.resume`. The output is the same as without.
         resume_every: input rows per committed chunk (rounded up to whole batches).
         job_key: what else identifies the job for ``resume`` (e.g. the bundle's checksum).
 
@@ -406,8 +406,8 @@ def score_pairs(request: ScoreRequest) -> dict[str, Any]:
     The report is :func:`score_files`' plus ``bundle`` and ``device``; with ``request.report`` it
     is also written there as JSON, after the output is in place.
     """
-    from scorer.bundle import load_bundle
-    from scorer.engine import BatchScorer
+    from ncnc.scorer.bundle import load_bundle
+    from ncnc.scorer.engine import BatchScorer
 
     check_report_path(request)
     on_cpu = resolve_device(request.device).type == "cpu"

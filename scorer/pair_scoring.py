@@ -16,9 +16,9 @@ from typing import Callable, Sequence
 
 from torch import Tensor
 
-from scorer.bundle import ScoringSpec
-from triton_kernels import common_neighbor_sum, endpoint_product
-from triton_kernels.completion import completed_common_neighbor_sum
+from ncnc.scorer.bundle import ScoringSpec
+from ncnc.triton_kernels import common_neighbor_sum, endpoint_product
+from ncnc.triton_kernels.completion import completed_common_neighbor_sum
 
 HeadFn = Callable[[Tensor | None, Tensor], Tensor]
 """``head(cn [B, d] or None for GAE, xij [B, d]) -> logits [B]``."""

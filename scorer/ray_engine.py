@@ -1,6 +1,6 @@
 """Scale-out: the ``ncnc score`` scorer on Ray Data, with the same output.
 
-Two entry points, both on :func:`scorer.job.score_table` and :class:`scorer.engine.BatchScorer`
+Two entry points, both on :func:`ncnc.scorer.job.score_table` and :class:`ncnc.scorer.engine.BatchScorer`
 (the code path of ``ncnc score``; nothing here scores a pair by itself):
 
 - :class:`ScoreBatches`: a callable class for ``Dataset.map_batches`` that loads a bundle once per
@@ -12,7 +12,7 @@ Two entry points, both on :func:`scorer.job.score_table` and :class:`scorer.engi
           concurrency=4, num_gpus=1)
 
 - :func:`score_files_ray` (``ncnc score --engine ray``): the whole job of
-  :func:`scorer.job.score_files` on a Ray cluster. Same inputs, same single Parquet file (same
+  :func:`ncnc.scorer.job.score_files` on a Ray cluster. Same inputs, same single Parquet file (same
   rows, order and score bits, ties included), same report plus ``engine`` and ``num_workers``.
 
 How the job keeps the output identical
@@ -21,24 +21,24 @@ Row positions. The tie rule ranks equal scores by global input position (files i
 given, rows in file order). ``ray.data.read_parquet`` tells a row's file (``include_paths``) but
 not its place in the file, and numbering its blocks would take a second pass over the input. So
 the driver plans the partitions itself: it checks the inputs like the local scorer
-(:func:`scorer.job.open_inputs`, footers only) and cuts them into partitions of consecutive rows
+(:func:`ncnc.scorer.job.open_inputs`, footers only) and cuts them into partitions of consecutive rows
 ``[start, stop)`` of that global numbering. A partition lies in one file and starts at a multiple
 of ``--batch-size`` in it, so its batches are the local scorer's. The dataset is the list of
 partitions (``ray.data.from_items``); each actor reads its partitions with
-:func:`scorer.stream.iter_pair_batches` (``start_row``, ``stop_row``) and scores them with
-:class:`scorer.job.ScoringJob`: the local job's reader, checks (nulls named by file row, damaged
+:func:`ncnc.scorer.stream.iter_pair_batches` (``start_row``, ``stop_row``) and scores them with
+:class:`ncnc.scorer.job.ScoringJob`: the local job's reader, checks (nulls named by file row, damaged
 files caught by their footer counts, unknown ids) and batches, and every row knows its position.
 The price: pairs files and bundle must be readable at the same path on every node.
 
 Output. The results come back to the driver through ``Dataset.iter_batches`` in partition order
 (``preserve_order``, and the driver checks it), and the driver writes them to
-:class:`scorer.stream.AtomicParquetWriter` as they arrive: one file, renamed into place only when
+:class:`ncnc.scorer.stream.AtomicParquetWriter` as they arrive: one file, renamed into place only when
 every partition succeeded. Memory stays bounded: Ray's streaming executor keeps a few partitions
 in flight (spilling to disk past the object store) and the driver holds one at a time. Ray's
 ``write_parquet`` is not used: it writes a file per block, and gathering those into the one output
 file would read and write every row a second time; here each row is written once.
 
-Top K. An actor returns only the kept rows of its partition's :class:`scorer.ranking.RunningTopK`
+Top K. An actor returns only the kept rows of its partition's :class:`ncnc.scorer.ranking.RunningTopK`
 (at most K, or K per source, with their ``row`` position); the driver pushes them into one more
 RunningTopK, which gives the top K of all rows because the tie rule's key (score, position) is
 global. No shuffle and no sort of all scores.
@@ -64,11 +64,11 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from ncnc.errors import InputError
-from ncnc.tables import IdMap
-from scorer.bundle import load_bundle, load_bundle_ids
-from scorer.engine import BatchScorer
-from scorer.job import (
+from ncnc.core.errors import InputError
+from ncnc.core.ids import IdMap
+from ncnc.scorer.bundle import load_bundle, load_bundle_ids
+from ncnc.scorer.engine import BatchScorer
+from ncnc.scorer.job import (
     DEFAULT_BATCH_SIZE,
     OnUnknown,
     OutputSpec,
@@ -81,7 +81,7 @@ from scorer.job import (
     publish_report,
     score_table,
 )
-from scorer.stream import AtomicParquetWriter, iter_pair_batches
+from ncnc.scorer.stream import AtomicParquetWriter, iter_pair_batches
 
 if TYPE_CHECKING:
     import ray.data
@@ -163,7 +163,7 @@ class ScoreBatches:
 
     A batch (``batch_format="pyarrow"`` or ``"pandas"``) holds ``src``, ``dst`` and any other
     columns; the result is the same kind of batch with the same rows (less skipped ones) plus
-    ``score`` (Float32 logit) and ``prob`` (Float32), as :func:`scorer.job.score_table` gives.
+    ``score`` (Float32 logit) and ``prob`` (Float32), as :func:`ncnc.scorer.job.score_table` gives.
     """
 
     def __init__(self, bundle: str | Path, device: str = "auto", on_unknown: OnUnknown = "error",
@@ -208,7 +208,7 @@ class _PartitionJob:
 
 @dataclass
 class _Frames:
-    """A :class:`scorer.job.FrameWriter` that keeps the frames."""
+    """A :class:`ncnc.scorer.job.FrameWriter` that keeps the frames."""
 
     frames: list[pl.DataFrame] = field(default_factory=list)
 
@@ -311,7 +311,7 @@ def score_files_ray(bundle: Path, pairs: Sequence[Path | str], out: Path, *,
                     batch_size: int = DEFAULT_BATCH_SIZE, on_unknown: OnUnknown = "error",
                     device: str = "auto", progress: bool = True,
                     options: RayOptions = RayOptions()) -> dict[str, Any]:
-    """:func:`scorer.job.score_files` on Ray: the same output file and report (plus ``engine``,
+    """:func:`ncnc.scorer.job.score_files` on Ray: the same output file and report (plus ``engine``,
     ``device`` and ``num_workers``); see the module docstring for how.
 
     ``bundle`` and the pairs files must be readable at these paths on every node. Inputs are
@@ -387,7 +387,7 @@ def _write(out: Path, output: OutputSpec, results: Iterator[tuple[pl.DataFrame, 
 
 
 def score_pairs_ray(request: ScoreRequest, options: RayOptions = RayOptions()) -> dict[str, Any]:
-    """``ncnc score --engine ray``: :func:`scorer.job.score_pairs` with the scoring on Ray."""
+    """``ncnc score --engine ray``: :func:`ncnc.scorer.job.score_pairs` with the scoring on Ray."""
     if request.resume:
         raise InputError("--resume works with --engine local only")
     check_report_path(request)

@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
-from ncnc.errors import InputError
+from ncnc.core.errors import InputError
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1

@@ -9,7 +9,7 @@
 - :class:`AtomicParquetWriter` writes frames incrementally under a temporary name in the
   destination folder and renames the file into place only when the whole job succeeded.
 
-Every problem with the user's files raises :class:`~ncnc.errors.InputError` naming the file, the
+Every problem with the user's files raises :class:`~ncnc.core.errors.InputError` naming the file, the
 column and the first bad values.
 """
 
@@ -28,8 +28,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ncnc.errors import InputError
-from ncnc.tables import examples, id_kind
+from ncnc.core.errors import InputError
+from ncnc.core.ids import id_kind
+from ncnc.core.errors import examples
 
 PAIR_COLUMNS = ("src", "dst")
 GLOB_CHARS = frozenset("*?[")
@@ -77,7 +78,7 @@ def inspect_pair_files(files: Sequence[Path], *, id_kind_expected: str) -> list[
     """Check that every file is Parquet with id columns ``src``, ``dst``; return its row counts.
 
     Only footers are read. ``id_kind_expected`` is ``"integer"`` or ``"string"``, the kind of the
-    graph's node ids (:attr:`ncnc.tables.IdMap.kind`).
+    graph's node ids (:attr:`ncnc.core.ids.IdMap.kind`).
 
     Raises:
         InputError: a file is not Parquet, lacks ``src`` or ``dst``, or holds ids of another type.
@@ -143,7 +144,7 @@ def iter_pair_batches(files: Sequence[Path], batch_size: int, *, start_row: int 
     Resuming at the end of an earlier batch yields the same batches as an uninterrupted stream
     from there on. ``stop_row`` ends the stream before that row (same numbering, also needs
     ``row_counts``; later files are not opened): ``[start_row, stop_row)`` is then one partition
-    of a parallel job (:mod:`scorer.ray_engine`).
+    of a parallel job (:mod:`ncnc.scorer.ray_engine`).
 
     Raises:
         InputError: a file cannot be decoded or yields another number of rows than its footer

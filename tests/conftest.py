@@ -57,9 +57,9 @@ HAND_EDGES = [("n0", "n1"), ("n0", "n2"), ("n1", "n2"), ("n1", "n3"), ("n2", "n3
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory) -> Path:
     """A real NCNC bundle over string ids n0..n299 whose graph is :data:`HAND_EDGES`."""
-    from exporter import export_bundle
-    from trainer.api import TrainRequest, train
-    from trainer.synthetic import community_graph
+    from ncnc.exporter import export_bundle
+    from ncnc.trainer.api import TrainRequest, train
+    from ncnc.trainer.synthetic import community_graph
 
     folder = tmp_path_factory.mktemp("bundle")
     graph = community_graph(300, avg_degree=6, num_communities=5, feature_dim=6,

@@ -9,13 +9,13 @@ from typing import Any
 
 import torch
 
-from ncnc.device import resolve_device
-from ncnc.errors import InputError
-from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.config import ModelKind, resolve_config
-from trainer.data import GraphData, load_edge_list, load_planetoid, read_pairs
-from trainer.splits import random_edge_split, reference_planetoid_split
-from trainer.training import (
+from ncnc.core.device import resolve_device
+from ncnc.core.errors import InputError
+from ncnc.trainer.checkpoint import load_checkpoint, save_checkpoint
+from ncnc.trainer.config import ModelKind, resolve_config
+from ncnc.trainer.data import GraphData, load_edge_list, load_planetoid, read_pairs
+from ncnc.trainer.splits import random_edge_split, reference_planetoid_split
+from ncnc.trainer.training import (
     EpochRecord,
     TrainingGraph,
     evaluate_split,
@@ -41,7 +41,7 @@ class TrainRequest:
         features: Parquet node features for ``edges``: a ``node`` column plus numeric columns or
             one list column; without it the model learns a node embedding.
         config_file: TOML file with ``[model]`` / ``[train]`` tables of
-            :class:`trainer.config.ModelConfig` / :class:`trainer.config.TrainConfig` fields.
+            :class:`ncnc.trainer.config.ModelConfig` / :class:`ncnc.trainer.config.TrainConfig` fields.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         progress: show a progress bar on stderr.
         model_overrides, train_overrides: ``ModelConfig`` / ``TrainConfig`` fields that win over

@@ -23,11 +23,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ncnc.errors import InputError
-from trainer.config import ModelConfig, RunConfig, TrainConfig
-from trainer.data import IdMap
-from trainer.model import LinkPredictionModel
-from trainer.splits import EdgeSplit
+from ncnc.core.errors import InputError
+from ncnc.trainer.config import ModelConfig, RunConfig, TrainConfig
+from ncnc.trainer.data import IdMap
+from ncnc.trainer.model import LinkPredictionModel
+from ncnc.trainer.splits import EdgeSplit
 
 CHECKPOINT_FORMAT = "ncnc-checkpoint"
 CHECKPOINT_VERSION = 1

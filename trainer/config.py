@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ncnc.errors import InputError
+from ncnc.core.errors import InputError
 
 ModelKind = Literal["gae", "ncn", "ncnc"]
 EncoderKind = Literal["puregcn", "gcn"]

@@ -3,7 +3,7 @@
 Every graph becomes a :class:`GraphData`: nodes are contiguous indices ``0..n-1``, an :class:`IdMap`
 turns them back into the user's ids, and the edges are undirected, unique and canonical
 (``src < dst``, sorted). Every user Parquet file is read through :func:`read_parquet_table`, so a
-bad file always gives the same kind of one-line :class:`~ncnc.errors.InputError`.
+bad file always gives the same kind of one-line :class:`~ncnc.core.errors.InputError`.
 
 Shapes:
     edges ``[E, 2]`` int64; features ``[num_nodes, F]`` float32 or ``None``; pairs ``[B, 2]`` int64.
@@ -22,8 +22,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from ncnc.errors import InputError
-from ncnc.tables import EXAMPLES, IdMap, as_id_series, examples, id_kind, read_parquet_table
+from ncnc.core.errors import InputError
+from ncnc.core.ids import IdMap, as_id_series, id_kind
+from ncnc.core.tables import read_parquet_table
+from ncnc.core.errors import EXAMPLES, examples
 
 logger = logging.getLogger("ncnc.trainer")
 

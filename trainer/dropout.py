@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from triton_kernels.common_neighbors_cpu import run_ranges
+from ncnc.triton_kernels.common_neighbors_cpu import run_ranges
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GCNConv
 
-from trainer.config import ModelConfig
-from trainer.dropout import Dropout
-from triton_kernels import CSRGraph, common_neighbor_sum
-from triton_kernels.completion import Calibration, completed_common_neighbor_sum
+from ncnc.trainer.config import ModelConfig
+from ncnc.trainer.dropout import Dropout
+from ncnc.triton_kernels import CSRGraph, common_neighbor_sum
+from ncnc.triton_kernels.completion import Calibration, completed_common_neighbor_sum
 
 
 # torch.sparse.mm over CSR is the fastest CPU propagation; its "beta" notice is noise for users.

@@ -19,8 +19,8 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from ncnc.errors import InputError
-from trainer.data import read_parquet_table
+from ncnc.core.errors import InputError
+from ncnc.trainer.data import read_parquet_table
 
 SPLIT_NAMES = ("train", "valid", "valid_neg", "test", "test_neg")
 

@@ -13,11 +13,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from trainer.config import RunConfig
-from trainer.metrics import link_metrics
-from trainer.model import LinkPredictionModel, link_loss, mask_entries
-from trainer.splits import EdgeSplit, sample_negatives
-from triton_kernels import CSRGraph
+from ncnc.trainer.config import RunConfig
+from ncnc.trainer.metrics import link_metrics
+from ncnc.trainer.model import LinkPredictionModel, link_loss, mask_entries
+from ncnc.trainer.splits import EdgeSplit, sample_negatives
+from ncnc.triton_kernels import CSRGraph
 
 log = logging.getLogger("ncnc.trainer")
 

@@ -1,9 +1,9 @@
 """The common-neighbour step of NCN / NCNC, the single home of the hot loop."""
 
-from triton_kernels.common_neighbors import NeighborSplit, RaggedSet
-from triton_kernels.graph import CSRGraph, build_csr, validate_csr
-from triton_kernels.memory import huge_page_copy, huge_page_empty
-from triton_kernels.ops import (
+from ncnc.triton_kernels.common_neighbors import NeighborSplit, RaggedSet
+from ncnc.triton_kernels.graph import CSRGraph, build_csr, validate_csr
+from ncnc.triton_kernels.memory import huge_page_copy, huge_page_empty
+from ncnc.triton_kernels.ops import (
     common_neighbor_sum,
     concat_ragged,
     endpoint_product,

@@ -1,6 +1,6 @@
 """The common-neighbour step of NCN / NCNC: plain-torch references (the specification).
 
-Three operations over a CSR graph (see :mod:`triton_kernels.graph`) and target pairs ``[B, 2]``:
+Three operations over a CSR graph (see :mod:`ncnc.triton_kernels.graph`) and target pairs ``[B, 2]``:
 
 * :func:`common_neighbor_sum_reference`: ``sum_{u in N(i) & N(j)} x[u]`` and ``|N(i) & N(j)|``.
 * :func:`neighbor_split_reference`: the members of ``N(i) & N(j)``, ``N(i) \\ N(j)`` and

@@ -9,12 +9,12 @@ into the larger one (binary search when the degrees are skewed, a merge when the
 touches only the two rows, and fuses the ``x`` accumulation so that no list of common neighbours is
 ever materialised.
 
-Algorithms (identical to the Triton kernels in :mod:`triton_kernels.common_neighbors_triton`):
+Algorithms (identical to the Triton kernels in :mod:`ncnc.triton_kernels.common_neighbors_triton`):
 
 * common-neighbour sum: one pass per pair, ``out[b] = sum x[u]`` over the common ``u`` in ascending
   order, accumulated in the output dtype (float32, float64 for float64 ``x``).
 * split: a count pass gives ``|N(i) & N(j)|``; the layout (offsets, capped sizes, weights) follows
-  (:func:`triton_kernels.common_neighbors.split_layout`, here in numba); a fill pass writes the
+  (:func:`ncnc.triton_kernels.common_neighbors.split_layout`, here in numba); a fill pass writes the
   common members together with their positions inside row ``i`` and row ``j``. An uncapped difference
   is the row with those positions skipped. A capped one draws rank ``r = slot_hash(...) % |S|`` and
   maps it to a row position in ``O(log |common|)``: the row position of rank ``r`` is ``r + m`` where
@@ -39,7 +39,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from torch import Tensor
 
-from triton_kernels.common_neighbors import SplitLayout
+from ncnc.triton_kernels.common_neighbors import SplitLayout
 
 _JIT = {"nogil": True, "cache": True}
 _U32 = np.uint64(0xFFFFFFFF)
@@ -223,7 +223,7 @@ def _cn_kernel(lo, hi, indptr, indices, src, pairs, dst, counts, scatter):
 
 @numba.njit(**_JIT)
 def _slot_hash(i, j, k, salt):
-    """:func:`triton_kernels.common_neighbors.slot_hash` in wrapping uint64 arithmetic."""
+    """:func:`ncnc.triton_kernels.common_neighbors.slot_hash` in wrapping uint64 arithmetic."""
     h = (
         np.uint64(i) * np.uint64(0x9E3779B1)
         + np.uint64(j) * np.uint64(0x85EBCA77)
@@ -307,7 +307,7 @@ def _split_fill(
 
 @numba.njit(**_JIT)
 def _split_layout(indptr, pairs, counts, cap, c_off, i_off, j_off, w_i, w_j):
-    """:func:`triton_kernels.common_neighbors.split_layout` for the CPU, without torch's tiny ops:
+    """:func:`ncnc.triton_kernels.common_neighbors.split_layout` for the CPU, without torch's tiny ops:
     offsets of the three sets and the weight ``|S| / cap`` (float32 division, as the reference)
     of each capped difference."""
     c_off[0] = i_off[0] = j_off[0] = 0
@@ -544,7 +544,7 @@ def endpoint_product_cpu(h: Tensor, pairs: Tensor) -> Tensor:
 
 
 def concat_ragged_cpu(parts: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`triton_kernels.common_neighbors.concat_ragged_reference` on ``(offsets, members,
+    """:func:`ncnc.triton_kernels.common_neighbors.concat_ragged_reference` on ``(offsets, members,
     weights)`` triples: one pass per part, parallel over pairs."""
     offsets = torch.stack([part[0] for part in parts]).sum(0)
     total = int(offsets[-1])

@@ -18,7 +18,7 @@ Three kernels, each one program per pair (or ragged segment) and, where ``x`` is
   its transpose ``grad_x[m_k] += w_k grad[b]`` with atomics (backward).
 
 Launchers run the autotuned kernels through :func:`torch.library.wrap_triton`, so the same code is
-the body of the ``torch.library.triton_op`` registrations in :mod:`triton_kernels.library`. Under
+the body of the ``torch.library.triton_op`` registrations in :mod:`ncnc.triton_kernels.library`. Under
 ``TRITON_INTERPRET=1`` (the CPU tests) they bypass autotuning and launch one fixed configuration on
 CPU tensors.
 """
@@ -33,7 +33,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
-from triton_kernels.common_neighbors import SplitLayout, split_layout
+from ncnc.triton_kernels.common_neighbors import SplitLayout, split_layout
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -101,7 +101,7 @@ def _row_bounds(indptr, pairs, b):
 
 @triton.jit
 def _slot_hash(i, j, k, salt):
-    """:func:`triton_kernels.common_neighbors.slot_hash` in wrapping uint32 arithmetic."""
+    """:func:`ncnc.triton_kernels.common_neighbors.slot_hash` in wrapping uint32 arithmetic."""
     h = (
         i.to(tl.uint32) * 0x9E3779B1
         + j.to(tl.uint32) * 0x85EBCA77

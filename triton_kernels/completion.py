@@ -3,7 +3,7 @@
 ``cn~(i, j) = sum_{u in N(i) & N(j)} x_u + sum_{u in N(i) \\ N(j)} p(j, u) x_u
 + sum_{u in N(j) \\ N(i)} p(i, u) x_u`` where ``p`` is the calibrated probability, computed by the
 caller's ``inner_logits``, that the missing edge exists. The difference sets are capped by
-:func:`triton_kernels.neighbor_split`'s deterministic rule.
+:func:`ncnc.triton_kernels.neighbor_split`'s deterministic rule.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from triton_kernels.common_neighbors import RaggedSet
-from triton_kernels.ops import concat_ragged, neighbor_split, weighted_gather_sum
+from ncnc.triton_kernels.common_neighbors import RaggedSet
+from ncnc.triton_kernels.ops import concat_ragged, neighbor_split, weighted_gather_sum
 
 INNER_CHUNK = 32_768
 """Completion pairs scored per call of ``inner_logits``."""

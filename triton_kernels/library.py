@@ -20,7 +20,7 @@ weights, x)``
 ==============================================  =================================================
 
 The operators check only what the kernels need to run safely on their device (dtypes, shapes,
-devices); the data checks (sorted rows, id ranges) live in :mod:`triton_kernels.ops`. Import this
+devices); the data checks (sorted rows, id ranges) live in :mod:`ncnc.triton_kernels.ops`. Import this
 module (``import triton_kernels`` does) before ``torch.export.load`` of a program that uses them.
 """
 
@@ -30,10 +30,10 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from triton_kernels import common_neighbors_triton as gpu
+from ncnc.triton_kernels import common_neighbors_triton as gpu
 
 try:
-    from triton_kernels import common_neighbors_cpu as cpu
+    from ncnc.triton_kernels import common_neighbors_cpu as cpu
 except ImportError as _missing:  # numba is a dependency, but a CUDA-only setup may lack it
 
     class _CPUUnavailable:

@@ -2,7 +2,7 @@
 
 Every caller (trainer, exporter, scorer) goes through these functions. The three
 common-neighbour operations check their inputs and call one ``torch.ops.ncnc`` operator
-(:mod:`triton_kernels.library`); the dispatcher runs the Triton kernels for CUDA tensors and the
+(:mod:`ncnc.triton_kernels.library`); the dispatcher runs the Triton kernels for CUDA tensors and the
 numba twin for CPU tensors. All three are differentiable with respect to ``x`` (not with respect
 to ``weights``). Two helpers of the scorer's hot path, :func:`endpoint_product` and
 :func:`concat_ragged`, are plain functions: a numba pass on the CPU, their torch reference
@@ -17,7 +17,7 @@ Validation cost, and the ``check`` flag:
   tensors is seen; the result is remembered until either tensor is modified in place or freed, so
   repeated calls on one graph pay it once. ``weighted_gather_sum`` checks member ids (``O(M)``).
 * ``check=False`` skips the ``O(nnz)`` / ``O(M)`` checks: for callers that built the graph with
-  :func:`triton_kernels.build_csr` themselves. An unsorted row then gives wrong results; an id out
+  :func:`ncnc.triton_kernels.build_csr` themselves. An unsorted row then gives wrong results; an id out
   of range may crash.
 
 While ``torch.export`` / ``torch.compile`` trace, only the metadata checks run (values are not
@@ -33,14 +33,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import triton_kernels.library  # noqa: F401  (registers torch.ops.ncnc.*)
-from triton_kernels.common_neighbors import (
+from ncnc.triton_kernels.common_neighbors import (
     NeighborSplit,
     RaggedSet,
     concat_ragged_reference,
     endpoint_product_reference,
 )
-from triton_kernels.graph import validate_csr
+from ncnc.triton_kernels import library  # registers torch.ops.ncnc.*
+from ncnc.triton_kernels.graph import validate_csr
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -194,8 +194,8 @@ def neighbor_split(
     """Common part and capped differences of N(i), N(j) for each pair (NCNC completion sets).
 
     Members are listed in ascending node order; a difference larger than ``cap`` is replaced by
-    ``cap`` hashed draws weighted ``|S| / cap`` (rule in :mod:`triton_kernels.common_neighbors`),
-    bit for bit as :func:`~triton_kernels.common_neighbors.neighbor_split_reference`.
+    ``cap`` hashed draws weighted ``|S| / cap`` (rule in :mod:`ncnc.triton_kernels.common_neighbors`),
+    bit for bit as :func:`~ncnc.triton_kernels.common_neighbors.neighbor_split_reference`.
 
     Args:
         cap: largest size kept for each difference set; ``-1`` keeps all.
@@ -231,7 +231,7 @@ def endpoint_product(h: Tensor, pairs: Tensor) -> Tensor:
     On the CPU, for a float32 / float64 ``h`` outside autograd and tracing, one compiled pass reads
     both rows of each pair with prefetching: about 4x faster than two index gathers and a multiply
     on a 1M x 256 table. Elsewhere it is
-    :func:`~triton_kernels.common_neighbors.endpoint_product_reference`; both give the same bits
+    :func:`~ncnc.triton_kernels.common_neighbors.endpoint_product_reference`; both give the same bits
     (one multiplication per element).
     """
     if h.dim() != 2:
@@ -246,7 +246,7 @@ def endpoint_product(h: Tensor, pairs: Tensor) -> Tensor:
     )
     if not compiled:
         return endpoint_product_reference(h, pairs)
-    return triton_kernels.library.cpu.endpoint_product_cpu(h, pairs)
+    return library.cpu.endpoint_product_cpu(h, pairs)
 
 
 def concat_ragged(parts: Sequence[RaggedSet]) -> RaggedSet:
@@ -256,7 +256,7 @@ def concat_ragged(parts: Sequence[RaggedSet]) -> RaggedSet:
     completed differences this way.
 
     On the CPU (outside tracing) one compiled pass per part; elsewhere
-    :func:`~triton_kernels.common_neighbors.concat_ragged_reference`, which gives the same tensors.
+    :func:`~ncnc.triton_kernels.common_neighbors.concat_ragged_reference`, which gives the same tensors.
     """
     if not parts:
         raise ValueError("concat_ragged needs at least one ragged set")
@@ -267,4 +267,4 @@ def concat_ragged(parts: Sequence[RaggedSet]) -> RaggedSet:
     if parts[0].offsets.device.type != "cpu" or _tracing():
         return concat_ragged_reference(parts)
     flat = [(part.offsets, part.members, part.weights.detach()) for part in parts]
-    return RaggedSet(*triton_kernels.library.cpu.concat_ragged_cpu(flat))
+    return RaggedSet(*library.cpu.concat_ragged_cpu(flat))

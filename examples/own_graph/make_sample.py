@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trainer.synthetic import community_graph
+from ncnc.trainer.synthetic import community_graph
 
 
 def write_sample(out: Path, nodes: int, seed: int) -> tuple[Path, Path]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.api import TrainRequest, train
-from trainer.synthetic import community_graph
+from ncnc.trainer.api import TrainRequest, train
+from ncnc.trainer.synthetic import community_graph
 
 
 @pytest.fixture(scope="session")

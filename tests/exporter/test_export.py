@@ -8,12 +8,12 @@ import polars as pl
 import pytest
 import torch
 
-from exporter import ExportConfig, ExportValidationError, export_bundle
-from ncnc.errors import InputError
-from scorer.bundle import PROGRAM_FILE, load_bundle
-from scorer.engine import BatchScorer
-from trainer.checkpoint import load_checkpoint
-from triton_kernels import build_csr
+from ncnc.exporter import ExportConfig, ExportValidationError, export_bundle
+from ncnc.core.errors import InputError
+from ncnc.scorer.bundle import PROGRAM_FILE, load_bundle
+from ncnc.scorer.engine import BatchScorer
+from ncnc.trainer.checkpoint import load_checkpoint
+from ncnc.triton_kernels import build_csr
 
 
 def eager_logits(checkpoint, graph, pairs):

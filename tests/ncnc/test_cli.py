@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ncnc.cli import cli
-from trainer.synthetic import community_graph
+from ncnc.trainer.synthetic import community_graph
 
 SMALL_TRAINING = ["--epochs", "2", "--hidden", "16", "--batch-size", "128", "--quiet"]
 

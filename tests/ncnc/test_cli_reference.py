@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ncnc.cli_reference import END, START, render, replace_block
+from ncnc.cli.reference import END, START, render, replace_block
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

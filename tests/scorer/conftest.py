@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 import torch
 
-from ncnc.tables import IdMap
+from ncnc.core.ids import IdMap
 
 
 class FakeScorer:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from scorer.bundle import BundleError, load_bundle, read_safetensors
-from triton_kernels.memory import HUGE_PAGE_MIN_BYTES
+from ncnc.scorer.bundle import BundleError, load_bundle, read_safetensors
+from ncnc.triton_kernels.memory import HUGE_PAGE_MIN_BYTES
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_unknown_format_version_is_refused(bundle_copy):
 def test_loading_and_scoring_never_unpickles(bundle_dir, no_unpickling):
     import torch
 
-    from scorer.engine import BatchScorer
+    from ncnc.scorer.engine import BatchScorer
 
     bundle = load_bundle(bundle_dir)
     logits = BatchScorer(bundle, "cpu").score_logits(torch.tensor([[0, 1], [2, 3], [1, 1]]))

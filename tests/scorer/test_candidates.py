@@ -12,8 +12,8 @@ import torch
 from click.testing import CliRunner
 
 from ncnc.cli import cli
-from scorer.candidates import ragged_arange, two_hop_candidates, two_hop_paths
-from triton_kernels.graph import build_csr
+from ncnc.scorer.candidates import ragged_arange, two_hop_candidates, two_hop_paths
+from ncnc.triton_kernels.graph import build_csr
 
 # 0: 1 2 | 1: 0 2 3 | 2: 0 1 3 | 3: 1 2 4 | 4: 3 5 | 5: 4 | 6: isolated
 HAND = build_csr(torch.tensor([[0, 0, 1, 1, 2, 3, 4], [1, 2, 2, 3, 3, 4, 5]]), 7)

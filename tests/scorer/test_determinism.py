@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 import torch
 
-from scorer.bundle import load_bundle
-from scorer.engine import BatchScorer
-from scorer.job import score_files
+from ncnc.scorer.bundle import load_bundle
+from ncnc.scorer.engine import BatchScorer
+from ncnc.scorer.job import score_files
 
 CAP = 3
 
@@ -24,9 +24,9 @@ CAP = 3
 @pytest.fixture(scope="module")
 def capped_bundle(tmp_path_factory) -> Path:
     """An NCNC bundle over a 400-node graph of mean degree 12, completion sets capped at 3."""
-    from exporter import export_bundle
-    from trainer.api import TrainRequest, train
-    from trainer.synthetic import community_graph
+    from ncnc.exporter import export_bundle
+    from ncnc.trainer.api import TrainRequest, train
+    from ncnc.trainer.synthetic import community_graph
 
     folder = tmp_path_factory.mktemp("capped")
     graph = community_graph(400, avg_degree=12, num_communities=4, feature_dim=8, seed=2)

@@ -13,9 +13,9 @@ import torch
 from click.testing import CliRunner
 
 from ncnc.cli import cli
-from ncnc.errors import InputError
-from ncnc.tables import IdMap
-from scorer.job import score_files, score_table
+from ncnc.core.errors import InputError
+from ncnc.core.ids import IdMap
+from ncnc.scorer.job import score_files, score_table
 from tests.scorer.conftest import random_pairs
 from tests.scorer.test_ranking import full_sort_top_k
 
@@ -236,8 +236,8 @@ def bundle_pairs(write_pairs) -> list[Path]:
 
 
 def test_cli_score_matches_the_engine_and_writes_the_report(bundle_dir, bundle_pairs, tmp_path):
-    from scorer.bundle import load_bundle
-    from scorer.engine import BatchScorer
+    from ncnc.scorer.bundle import load_bundle
+    from ncnc.scorer.engine import BatchScorer
 
     out, report_path = tmp_path / "scored.parquet", tmp_path / "report.json"
     # Two paths after one --pairs (the second a quoted glob).
@@ -293,7 +293,7 @@ def test_an_internal_failure_exits_1_with_a_traceback(bundle_dir, bundle_pairs, 
     import subprocess
     import sys
 
-    from scorer.bundle import sha256
+    from ncnc.scorer.bundle import sha256
 
     bundle = tmp_path / "bundle"
     shutil.copytree(bundle_dir, bundle)
@@ -303,7 +303,7 @@ def test_an_internal_failure_exits_1_with_a_traceback(bundle_dir, bundle_pairs, 
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "scored.parquet"
     result = subprocess.run(
-        [sys.executable, "-m", "ncnc", "score", "--bundle", str(bundle), "--pairs",
+        [str(Path(sys.executable).with_name("ncnc")), "score", "--bundle", str(bundle), "--pairs",
          str(bundle_pairs[0]), "--out", str(out), "--quiet"], capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" in result.stderr
     assert not out.exists()
@@ -330,7 +330,7 @@ def test_cli_score_help_loads_no_training_code():
         "r = CliRunner().invoke(cli, ['score', '--help']); assert r.exit_code == 0, r.output\n"
         "assert '--per-source' in r.output\n"
         "print(heavy(['trainer', 'scorer', 'torch', 'torch_geometric']))\n"
-        "import scorer.job, scorer.candidates, scorer.engine, scorer.bundle\n"
+        "import ncnc.scorer.job, ncnc.scorer.candidates, ncnc.scorer.engine, ncnc.scorer.bundle\n"
         "print(heavy(['trainer', 'torch_geometric', 'exporter']))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

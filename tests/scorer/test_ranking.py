@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from scorer.ranking import RunningTopK
+from ncnc.scorer.ranking import RunningTopK
 
 
 def scored_rows(count: int, groups: int, seed: int = 0, nan: bool = False) -> pl.DataFrame:

@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from ncnc.cli import cli
-from ncnc.errors import InputError
-from scorer.job import score_files, score_table
-from scorer.ray_engine import RayOptions, ScoreBatches, plan_partitions, score_files_ray
+from ncnc.core.errors import InputError
+from ncnc.scorer.job import score_files, score_table
+from ncnc.scorer.ray_engine import RayOptions, ScoreBatches, plan_partitions, score_files_ray
 
 # Small batches and partitions, so that 60k rows make several partitions per actor.
 BATCH = 2048
@@ -54,8 +54,8 @@ def pair_files(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def local_scorer(bundle_dir):
-    from scorer.bundle import load_bundle
-    from scorer.engine import BatchScorer
+    from ncnc.scorer.bundle import load_bundle
+    from ncnc.scorer.engine import BatchScorer
 
     bundle = load_bundle(bundle_dir)
     return BatchScorer(bundle, "cpu"), bundle.id_map
@@ -187,7 +187,7 @@ def test_ray_only_options_need_engine_ray(tmp_path):
 def test_importing_the_scorer_and_the_cli_does_not_import_ray():
     import subprocess
 
-    code = ("import sys, ncnc.cli, scorer.job, scorer.stream, scorer.engine, scorer.ray_engine\n"
+    code = ("import sys, ncnc.cli, ncnc.scorer.job, ncnc.scorer.stream, ncnc.scorer.engine, ncnc.scorer.ray_engine\n"
             "print('ray' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)

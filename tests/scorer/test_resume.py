@@ -17,10 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from ncnc.cli import cli
-from ncnc.errors import InputError
-from scorer.job import score_files
-from scorer.resume import ResumeStore, job_fingerprint, resume_folder
-from scorer.stream import remove_stale_temporaries
+from ncnc.core.errors import InputError
+from ncnc.scorer.job import score_files
+from ncnc.scorer.resume import ResumeStore, job_fingerprint, resume_folder
+from ncnc.scorer.stream import remove_stale_temporaries
 from tests.scorer.conftest import FakeScorer, random_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,7 +158,7 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_output(bundle_dir, tmp_p
 
     resumable = arguments(out, "--resume", "--resume-every", "5000")
     state = resume_folder(out) / "state.json"
-    killed = subprocess.Popen([sys.executable, "-m", "ncnc", *resumable], cwd=ROOT,
+    killed = subprocess.Popen([str(Path(sys.executable).with_name("ncnc")), *resumable], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while killed.poll() is None and time.monotonic() < deadline:

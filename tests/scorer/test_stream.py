@@ -7,8 +7,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from ncnc.errors import InputError
-from scorer.stream import (
+from ncnc.core.errors import InputError
+from ncnc.scorer.stream import (
     AtomicParquetWriter,
     expand_inputs,
     inspect_pair_files,

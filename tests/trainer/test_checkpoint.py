@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from ncnc.errors import InputError
-from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.data import IdMap
-from trainer.training import TrainingGraph
+from ncnc.core.errors import InputError
+from ncnc.trainer.checkpoint import load_checkpoint, save_checkpoint
+from ncnc.trainer.data import IdMap
+from ncnc.trainer.training import TrainingGraph
 from tests.trainer.test_training import small_run
 
 

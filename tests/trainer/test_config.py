@@ -2,8 +2,8 @@
 
 import pytest
 
-from ncnc.errors import InputError
-from trainer.config import resolve_config
+from ncnc.core.errors import InputError
+from ncnc.trainer.config import resolve_config
 
 
 def test_precedence_preset_then_toml_then_flags(tmp_path):

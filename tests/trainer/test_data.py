@@ -12,9 +12,9 @@ import polars as pl
 import pytest
 import torch
 
-from ncnc.errors import InputError
-from trainer import data
-from trainer.data import IdMap, load_edge_list, load_planetoid, read_pairs
+from ncnc.core.errors import InputError
+from ncnc.trainer import data
+from ncnc.trainer.data import IdMap, load_edge_list, load_planetoid, read_pairs
 
 from tests.conftest import PLANETOID
 needs_cora = pytest.mark.skipif(

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.dropout import Dropout, hashed_dropout_mask_apply
+from ncnc.trainer.dropout import Dropout, hashed_dropout_mask_apply
 
 
 @pytest.mark.parametrize("p", [0.05, 0.5, 0.75])

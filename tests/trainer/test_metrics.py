@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from trainer.metrics import hits_at_k, link_metrics, mean_reciprocal_rank, roc_auc
+from ncnc.trainer.metrics import hits_at_k, link_metrics, mean_reciprocal_rank, roc_auc
 
 
 def test_hits_at_k_counts_positives_strictly_above_the_kth_negative():

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from trainer.config import ModelConfig
-from trainer.model import Encoder, PairPredictor, gcn_propagate
-from triton_kernels import build_csr
+from ncnc.trainer.config import ModelConfig
+from ncnc.trainer.model import Encoder, PairPredictor, gcn_propagate
+from ncnc.triton_kernels import build_csr
 
 # A graph small enough to check by hand:
 #

@@ -6,9 +6,9 @@ import polars as pl
 import pytest
 import torch
 
-from ncnc.errors import InputError
-from trainer import splits
-from trainer.splits import EdgeSplit, random_edge_split, sample_negatives, reference_planetoid_split
+from ncnc.core.errors import InputError
+from ncnc.trainer import splits
+from ncnc.trainer.splits import EdgeSplit, random_edge_split, sample_negatives, reference_planetoid_split
 
 
 def _graph(num_nodes: int, num_edges: int, seed: int = 0) -> torch.Tensor:

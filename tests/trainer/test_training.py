@@ -7,11 +7,11 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from trainer.config import RunConfig, resolve_config
-from trainer.splits import EdgeSplit, random_edge_split
-from trainer.synthetic import community_graph
-from trainer.training import TrainingGraph, TrainingResult, train_model
-from triton_kernels import build_csr
+from ncnc.trainer.config import RunConfig, resolve_config
+from ncnc.trainer.splits import EdgeSplit, random_edge_split
+from ncnc.trainer.synthetic import community_graph
+from ncnc.trainer.training import TrainingGraph, TrainingResult, train_model
+from ncnc.triton_kernels import build_csr
 
 
 def test_target_link_removal_removes_exactly_the_batch_edges_both_directions():
@@ -58,7 +58,7 @@ def test_featureless_training_learns_the_embedding():
     embedding = result.model.encoder.embedding
     assert embedding is not None and embedding.weight.shape == (300, 16)
     torch.manual_seed(0)  # the same initialisation as the run
-    from trainer.model import LinkPredictionModel
+    from ncnc.trainer.model import LinkPredictionModel
 
     fresh = LinkPredictionModel(result.model.cfg)
     assert not torch.allclose(fresh.encoder.embedding.weight, embedding.weight)

@@ -4,7 +4,7 @@ Triton reads ``TRITON_INTERPRET`` once, when it is imported, and ``torch.export`
 ``triton_op`` fails while it is set; so the interpreted kernels live in their own process and the
 test process stays normal. :class:`InterpretedKernels` starts the child with the variable set
 (``spawn``: a fresh interpreter that imports triton anew) and forwards each call
-``kernels.<launcher>(*args)`` to :mod:`triton_kernels.common_neighbors_triton`. Tensors cross the
+``kernels.<launcher>(*args)`` to :mod:`ncnc.triton_kernels.common_neighbors_triton`. Tensors cross the
 pipe as ``torch.save`` bytes; an exception in the child comes back as a ``RuntimeError`` carrying
 the child's traceback.
 """
@@ -31,7 +31,7 @@ def _loads(data: bytes) -> Any:
 
 
 def _serve(conn) -> None:
-    from triton_kernels import common_neighbors_triton as kernels
+    from ncnc.triton_kernels import common_neighbors_triton as kernels
 
     if not kernels.INTERPRET:
         conn.send_bytes(_dumps(("err", "TRITON_INTERPRET=1 did not reach the child process")))

@@ -1,6 +1,6 @@
 """The common-neighbour step, every backend against the plain-torch reference (the specification).
 
-* Public ops (``triton_kernels.common_neighbor_sum`` / ``neighbor_split`` /
+* Public ops (``ncnc.triton_kernels.common_neighbor_sum`` / ``neighbor_split`` /
   ``weighted_gather_sum``): on the CPU (numba twin) and, when present, on CUDA (Triton).
 * Triton launchers: in a child process under ``TRITON_INTERPRET=1`` (see ``interpret_worker``),
   and in-process on CUDA when present.
@@ -21,10 +21,10 @@ import pytest
 import torch
 from torch import Tensor
 
-import triton_kernels as tk
+import ncnc.triton_kernels as tk
 from tests.triton_kernels.interpret_worker import InterpretedKernels
-from triton_kernels import CSRGraph, NeighborSplit, build_csr
-from triton_kernels.common_neighbors import (
+from ncnc.triton_kernels import CSRGraph, NeighborSplit, build_csr
+from ncnc.triton_kernels.common_neighbors import (
     common_neighbor_sum_reference,
     concat_ragged_reference,
     endpoint_product_reference,
@@ -578,7 +578,7 @@ def triton_backend(request):
         yield kernels, "cpu"
         kernels.close()
     else:
-        from triton_kernels import common_neighbors_triton
+        from ncnc.triton_kernels import common_neighbors_triton
 
         yield common_neighbors_triton, "cuda"
 
@@ -679,7 +679,7 @@ def test_triton_launchers_reject_bad_inputs(triton_backend):
 def test_triton_launchers_refuse_cpu_tensors_without_the_interpreter():
     if INTERPRET_SET:
         pytest.skip("this process runs the interpreter")
-    from triton_kernels import common_neighbors_triton
+    from ncnc.triton_kernels import common_neighbors_triton
 
     graph, pairs = GRAPHS["random"], _pairs("random")[:2]
     with pytest.raises(ValueError, match="need CUDA tensors"):
@@ -695,7 +695,7 @@ _I64 = ("indptr", "pairs", "counts", "c_off", "c_mem", "pos_i", "pos_j", "i_off"
 
 
 def _compile_cases():
-    from triton_kernels import common_neighbors_triton as k
+    from ncnc.triton_kernels import common_neighbors_triton as k
 
     cn_cases = [("i32", "fp32", "fp32", m) for m in (0, 1, 2)] + [("i64", "bf16", "fp32", 0), ("i64", "fp64", "fp64", 1)]
     for idx, x, acc, mode in cn_cases:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from triton_kernels.completion import Calibration, reproducible_sigmoid
+from ncnc.triton_kernels.completion import Calibration, reproducible_sigmoid
 
 
 def test_agrees_with_torch_sigmoid_in_float64():

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from triton_kernels import huge_page_copy
-from triton_kernels.memory import HUGE_PAGE_MIN_BYTES
+from ncnc.triton_kernels import huge_page_copy
+from ncnc.triton_kernels.memory import HUGE_PAGE_MIN_BYTES
 
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 

@@ -1,14 +1,12 @@
-"""Node ids and user Parquet tables, shared by the trainer and the scorer.
+"""Node ids, shared by the trainer and the scorer.
 
-:class:`IdMap` turns the user's node ids (integers or strings) into contiguous indices and back;
-:func:`read_parquet_table` reads a user Parquet file or raises a one-line
-:class:`~ncnc.errors.InputError` naming the file, the column and the first bad values. Both stages
-read ids and tables through here, so the same bad input gets the same message everywhere.
+:class:`IdMap` turns the user's node ids (integers or strings) into contiguous indices and back.
+Both stages map ids through here, so the same bad id gets the same message everywhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,18 +14,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from ncnc.errors import InputError
-
-EXAMPLES = 5  # how many bad values an error message quotes
-
-
-def examples(values: pl.Series | Iterable[object]) -> str:
-    """The first few values as ``a, b, c, ...`` for an error message."""
-    if isinstance(values, pl.Series):
-        values = values.head(EXAMPLES + 1)
-    values = list(values)
-    shown = ", ".join(repr(v) for v in values[:EXAMPLES])
-    return shown + (", ..." if len(values) > EXAMPLES else "")
+from ncnc.core.errors import InputError, examples
+from ncnc.core.tables import read_parquet_table
 
 
 def id_kind(dtype: pl.DataType) -> str | None:
@@ -210,46 +198,3 @@ class IdMap:
                 f"{examples(duplicated)}"
             )
         return cls(ids)
-
-
-def read_parquet_table(path: Path, *, columns: Sequence[str] | None, what: str) -> pl.DataFrame:
-    """Read a user Parquet file, or raise a one-line :class:`InputError`.
-
-    Args:
-        path: the file.
-        columns: the columns to read, all required; ``None`` reads every column.
-        what: what the file is, for messages, e.g. ``"edges file"``.
-
-    Raises:
-        InputError: the file is missing, unreadable or not Parquet, lacks a column, or a column
-            holds nulls (the message names the file, the column and the first bad rows).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} {path}: no such file")
-    try:
-        schema = pl.read_parquet_schema(path)
-    except Exception as exc:  # polars raises several types for a file that is not Parquet
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{what} {path}: cannot be read as Parquet ({reason})") from exc
-    if columns is not None:
-        missing = [c for c in columns if c not in schema]
-        if missing:
-            raise InputError(
-                f"{what} {path}: missing column(s) {', '.join(missing)}"
-                f" (columns present: {', '.join(schema.names()) or 'none'})"
-            )
-    try:
-        frame = pl.read_parquet(path, columns=list(columns) if columns is not None else None)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{what} {path}: cannot be read as Parquet ({reason})") from exc
-    for name in frame.columns:
-        nulls = frame[name].is_null()
-        if nulls.any():
-            rows = nulls.arg_true()
-            raise InputError(
-                f"{what} {path} column {name}: {rows.len()} null value(s), in rows "
-                f"{examples(rows)}"
-            )
-    return frame

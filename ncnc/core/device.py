@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ncnc.errors import InputError
+from ncnc.core.errors import InputError
 
 
 def resolve_device(device: str) -> torch.device:

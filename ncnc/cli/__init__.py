@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import click
 
-from ncnc.errors import InputError
+from ncnc.core.errors import InputError
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -40,7 +40,7 @@ def _user_errors_exit_2(command: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
-@click.version_option(package_name="ncnc")
+@click.version_option(package_name="ncnc-toolchain")
 def cli(verbose: bool) -> None:
     """Train, export and batch-score NCN / NCNC link-prediction models."""
     # force: a process that runs several commands (a notebook, CliRunner) logs to the current
@@ -81,8 +81,8 @@ def train(model_kind: str, out: Path, dataset: str | None, data_root: Path | Non
           val_fraction: float | None, test_fraction: float | None, device: str,
           quiet: bool) -> None:
     """Train a GAE, NCN or NCNC model and write a checkpoint directory."""
-    from trainer.api import TrainRequest
-    from trainer.api import train as run_train
+    from ncnc.trainer.api import TrainRequest
+    from ncnc.trainer.api import train as run_train
 
     summary = run_train(TrainRequest(
         model=model_kind, out=out, dataset=dataset, data_root=data_root, edges=edges,
@@ -102,7 +102,7 @@ def train(model_kind: str, out: Path, dataset: str | None, data_root: Path | Non
 @_user_errors_exit_2
 def evaluate(checkpoint: Path, pos: Path | None, neg: Path | None, device: str) -> None:
     """Print hits@20/50/100, mrr, auc as one JSON object (default: the checkpoint's test split)."""
-    from trainer.api import evaluate as run_evaluate
+    from ncnc.trainer.api import evaluate as run_evaluate
 
     click.echo(json.dumps(run_evaluate(checkpoint, pos, neg, device)))
 
@@ -117,7 +117,7 @@ def evaluate(checkpoint: Path, pos: Path | None, neg: Path | None, device: str) 
 @_user_errors_exit_2
 def export(checkpoint: Path, out: Path, edges: Path | None) -> None:
     """Export a checkpoint into a validated, self-contained scoring bundle."""
-    from exporter import export_bundle
+    from ncnc.exporter import export_bundle
 
     manifest = export_bundle(checkpoint, out, edges)
     click.echo(json.dumps({"bundle": str(out), "parity": manifest["parity"]}))
@@ -161,7 +161,7 @@ def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out
           report: Path | None, resume: bool, resume_every: int, engine: str,
           ray_address: str | None, num_workers: int | None, quiet: bool) -> None:
     """Score candidate pairs from Parquet into Parquet, streaming; print the report as JSON."""
-    from scorer.job import ScoreRequest, score_pairs
+    from ncnc.scorer.job import ScoreRequest, score_pairs
 
     if per_source and top_k is None:
         raise click.UsageError("--per-source needs --top-k")
@@ -173,7 +173,7 @@ def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out
         progress=not quiet, resume=resume, resume_every=resume_every,
     )
     if engine == "ray":
-        from scorer.ray_engine import RayOptions, score_pairs_ray
+        from ncnc.scorer.ray_engine import RayOptions, score_pairs_ray
 
         result = score_pairs_ray(request, RayOptions(ray_address, num_workers))
     else:
@@ -200,7 +200,7 @@ def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out
 def candidates(bundle: Path, out: Path, nodes: Path | None, both_directions: bool,
                max_per_node: int | None, common_neighbors: bool, quiet: bool) -> None:
     """Write the non-adjacent node pairs two hops apart (the pairs worth scoring)."""
-    from scorer.candidates import write_candidates
+    from ncnc.scorer.candidates import write_candidates
 
     click.echo(json.dumps(write_candidates(
         bundle, out, nodes=nodes, both_directions=both_directions, max_per_node=max_per_node,
