@@ -30,12 +30,12 @@ from ncnc.scorer.bundle import (
     write_manifest,
 )
 from ncnc.scorer.engine import BatchScorer
-from ncnc.scorer.pair_scoring import pair_logits
 from ncnc.scorer.stream import remove_stale_temporaries, temporary_path
 from ncnc.trainer.checkpoint import Checkpoint, library_versions, load_checkpoint
 from ncnc.trainer.data import load_edge_list
 from ncnc.trainer.model import PairPredictor
 from ncnc.triton_kernels import CSRGraph, build_csr
+from ncnc.triton_kernels.pair_scoring import pair_logits
 
 log = logging.getLogger("ncnc.exporter")
 
@@ -80,8 +80,8 @@ class PairProgram(nn.Module):
         self.predictor = predictor
 
     def forward(self, indptr: Tensor, indices: Tensor, pairs: Tensor, *levels: Tensor) -> Tensor:
-        return pair_logits(self.spec, lambda cn, xij: self.predictor.head(cn, xij), indptr,
-                           indices, list(levels), pairs)
+        return pair_logits(self.spec.rule, self.predictor.head, CSRGraph(indptr, indices),
+                           list(levels), pairs)
 
 
 def export_bundle(

@@ -39,6 +39,7 @@ from ncnc.core.errors import InputError
 from ncnc.core.ids import IdMap
 from ncnc.triton_kernels import CSRGraph, huge_page_empty
 from ncnc.triton_kernels.completion import Calibration
+from ncnc.triton_kernels.pair_scoring import PairRule
 
 BUNDLE_FORMAT = "ncnc-bundle"
 FORMAT_VERSION = 1
@@ -79,6 +80,11 @@ class ScoringSpec:
     @property
     def calibration(self) -> Calibration:
         return Calibration(self.probscale, self.proboffset, self.pt, self.alpha)
+
+    @property
+    def rule(self) -> PairRule:
+        """The pair-scoring recursion's settings (:func:`ncnc.triton_kernels.pair_logits`)."""
+        return PairRule(self.model, self.depth, self.calibration, self.cap, self.cap_seed)
 
 
 @dataclass

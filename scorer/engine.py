@@ -13,11 +13,11 @@ from torch import Tensor
 
 from ncnc.core.device import resolve_device
 from ncnc.scorer.bundle import Bundle
-from ncnc.scorer.pair_scoring import pair_logits
+from ncnc.triton_kernels.pair_scoring import pair_logits
 
 
 class OnnxHead:
-    """The bundle's ``head.onnx`` behind the :data:`ncnc.scorer.pair_scoring.HeadFn` interface."""
+    """The bundle's ``head.onnx`` behind the :data:`ncnc.triton_kernels.pair_scoring.HeadFn` interface."""
 
     def __init__(self, path, device: torch.device, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -57,8 +57,7 @@ class BatchScorer:
         actor when several share a machine."""
         self.bundle = bundle
         self.device = resolve_device(device)
-        self.indptr = bundle.graph.indptr.to(self.device)
-        self.indices = bundle.graph.indices.to(self.device)
+        self.graph = bundle.graph.to(self.device)
         self.levels = [t.to(self.device) for t in bundle.levels]
         self.head = OnnxHead(bundle.head_path, self.device, threads)
 
@@ -68,6 +67,6 @@ class BatchScorer:
         (``sigmoid(logit)`` is the link probability); ``B = 0`` gives an empty tensor."""
         if pairs.numel() == 0:
             return torch.zeros(0, dtype=torch.float32)
-        logits = pair_logits(self.bundle.spec, self.head, self.indptr, self.indices, self.levels,
+        logits = pair_logits(self.bundle.spec.rule, self.head, self.graph, self.levels,
                              pairs.to(self.device, torch.int64))
         return logits.float().cpu()

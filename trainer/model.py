@@ -3,11 +3,13 @@
 Layer by layer this follows the official code (GraphPKU/NeuralCommonNeighbor, ``model.py``): the
 encoder is its ``GCN`` with ``puregcn`` or ``gcn`` convolutions, the predictors its ``cn0`` (GAE),
 ``cn1`` (NCN) and ``incn1cn1`` (NCNC). The common-neighbour step always goes through
-:mod:`triton_kernels`.
+:mod:`ncnc.triton_kernels` (pair scoring: :func:`~ncnc.triton_kernels.pair_scoring.pair_logits`,
+shared with the exporter and the scorer).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -17,8 +19,9 @@ from torch_geometric.nn import GCNConv
 
 from ncnc.trainer.config import ModelConfig
 from ncnc.trainer.dropout import Dropout
-from ncnc.triton_kernels import CSRGraph, common_neighbor_sum
-from ncnc.triton_kernels.completion import Calibration, completed_common_neighbor_sum
+from ncnc.triton_kernels import CSRGraph
+from ncnc.triton_kernels.completion import Calibration
+from ncnc.triton_kernels.pair_scoring import LazyLevels, PairRule, pair_logits
 
 
 # torch.sparse.mm over CSR is the fastest CPU propagation; its "beta" notice is noise for users.
@@ -174,40 +177,39 @@ class PairPredictor(nn.Module):
         """``x~ = h + xlin(h)``: the node table the common-neighbour step sums."""
         return h + self.xlin(h) if self.xlin is not None else h
 
-    def head(self, cn: Tensor, xij: Tensor) -> Tensor:
-        """Final MLP from the (completed) common-neighbour sum and ``h_i * h_j`` to logits [B]."""
+    def head(self, cn: Tensor | None, xij: Tensor) -> Tensor:
+        """Final MLP from the (completed) common-neighbour sum and ``h_i * h_j`` to logits [B]
+        (GAE reads ``xij`` only; its ``cn`` is None)."""
         if not self.uses_cn:
             return self.lin(self.xijlin(xij)).squeeze(-1)
         return self.lin(self.xcnlin(cn) * self.beta + self.xijlin(xij)).squeeze(-1)
 
-    def forward(self, h: Tensor, graph: CSRGraph, pairs: Tensor, depth: int | None = None) -> Tensor:
-        depth = self.depth if depth is None else depth
-        xij = h[pairs[:, 0]] * h[pairs[:, 1]]
-        if not self.uses_cn:
-            return self.head(xij, xij)
-        if self.training:
-            graph = drop_entries(graph, self.cfg.preedp)
-        x = self.transform(h)
-        if depth == 0:
-            cn, _ = common_neighbor_sum(graph.indptr, graph.indices, x, pairs)
-            return self.head(cn, xij)
-        return self.head(self._completed_cn(x, graph, pairs, depth), xij)
-
-    def _completed_cn(self, x: Tensor, graph: CSRGraph, pairs: Tensor, depth: int) -> Tensor:
+    def rule(self) -> PairRule:
+        """The recursion's settings for the current mode: training caps its completion sets with
+        ``train_cap`` and redraws the capped samples every call (the reference samples with
+        torch.rand); evaluation uses ``test_cap`` and the fixed, documented hash rule, so its
+        scores are reproducible (and equal the exported bundle's)."""
         cap = self.cfg.train_cap if self.training else self.cfg.test_cap
-        # Training redraws the capped samples each step (the reference samples with torch.rand);
-        # evaluation uses the fixed, documented hash rule so scores are reproducible.
         seed = int(torch.randint(0, 2**31 - 1, (1,))) if self.training else self.cfg.cap_seed
+        return PairRule(self.cfg.model, self.depth, self.calibration, cap, seed)
 
-        def inner_logits(inner_pairs: Tensor) -> Tensor:
-            # Fidelity: like the reference, the inner call receives the transformed x~ and its
-            # own forward applies x~ + xlin(x~) (and edge dropout while training) once more.
-            return self.forward(x, graph, inner_pairs, depth - 1)
+    def levels(self, h: Tensor) -> LazyLevels:
+        """The node tables of :func:`~ncnc.triton_kernels.pair_scoring.pair_logits` for ``h``.
 
-        return completed_common_neighbor_sum(
-            graph.indptr, graph.indices, x, pairs, inner_logits, self.calibration, cap, seed,
-            symmetric_inner=depth == 1,  # NCN is symmetric in (a, b)
-        )
+        Fidelity: like the reference, NCNC's inner call receives the transformed ``x~`` and
+        transforms it once more (level 2 = ``x~ + xlin(x~)``)."""
+        return LazyLevels(h, self.transform)
+
+    def forward(self, h: Tensor, graph: CSRGraph, pairs: Tensor,
+                levels: LazyLevels | None = None, depth: int | None = None) -> Tensor:
+        """Logits ``[B]`` of ``pairs`` ``[B, 2]`` given the encoder output ``h`` ``[n, d]``.
+
+        ``levels`` (from :meth:`levels`) may be shared by several calls in eval mode; ``depth``
+        overrides the completion depth (0: this NCNC model's NCN logits, as its inner call)."""
+        drop = (functools.partial(drop_entries, p=self.cfg.preedp)
+                if self.training and self.cfg.preedp > 0 else None)
+        return pair_logits(self.rule(), self.head, graph, levels or self.levels(h), pairs,
+                           drop_edges=drop, depth=depth)
 
 
 class LinkPredictionModel(nn.Module):
@@ -231,7 +233,8 @@ class LinkPredictionModel(nn.Module):
         self.eval()
         try:
             h = self.encoder(x, graph)
-            chunks = [self.predictor(h, graph, p) for p in pairs.split(batch_size)]
+            levels = self.predictor.levels(h)  # tabulated once for every chunk
+            chunks = [self.predictor(h, graph, p, levels) for p in pairs.split(batch_size)]
             return torch.cat(chunks) if chunks else torch.zeros(0, device=h.device)
         finally:
             self.train(was_training)
