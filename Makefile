@@ -22,14 +22,19 @@ $(STAMP): pyproject.toml $(MODULES)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[cpu,dev,ray]' --config-settings editable_mode=strict
+	$(PY) -m pip install --quiet -e '.[train,dev,ray]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/demo.py demo_output
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q
+
+# ruff, and the layer contracts of pyproject.toml ([tool.importlinter]).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 # The README's CLI reference is rendered from the commands' --help (tests/ncnc/test_cli_reference.py
 # fails when it is stale).

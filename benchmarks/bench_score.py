@@ -34,9 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from accuracy import CODE_VERSION  # taken at start
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class PairSampler:
@@ -201,7 +201,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=65_536)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--engine", choices=["local", "ray"], default="local",
-                        help="ray: also score the --pairs file on a local Ray (needs ncnc[ray])")
+                        help="ray: also score the --pairs file on a local Ray (needs ncnc-toolchain[ray])")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ncnc-bench-score"))
     parser.add_argument("--results", type=Path,
                         default=ROOT / "benchmarks" / "results" / "score_cpu.json")

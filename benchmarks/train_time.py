@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 from accuracy import DATASET_DIRS, DEFAULT_PLANETOID, code_version
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ Trains NCNC on the edge list, exports a validated bundle, loads it, and scores a
 pairs built in memory (each of a few users against every user not yet linked to them) without
 writing the pairs to disk; writes the top ``--top-k`` of each user to
 ``OUT/recommendations.parquet`` (``src``, ``dst``, ``score``, ``prob``, ``rank``) and prints them.
+Only the ``ncnc`` facade is used: what ``import ncnc`` offers is the whole Python API.
 """
 
 from __future__ import annotations
@@ -16,11 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
-from ncnc.exporter import export_bundle
-from ncnc.scorer.bundle import load_bundle
-from ncnc.scorer.engine import BatchScorer
-from ncnc.scorer.job import score_table
-from ncnc.trainer.api import TrainRequest, train
+import ncnc
 
 
 def unlinked_pairs(edges: pl.DataFrame, users: pl.Series, everyone: pl.Series) -> pl.DataFrame:
@@ -30,13 +27,6 @@ def unlinked_pairs(edges: pl.DataFrame, users: pl.Series, everyone: pl.Series) -
     return (users.to_frame("src").join(everyone.to_frame("dst"), how="cross")
             .filter(pl.col("src") != pl.col("dst"))
             .join(linked, on=["src", "dst"], how="anti", maintain_order="left"))
-
-
-def top_per_source(scored: pl.DataFrame, k: int) -> pl.DataFrame:
-    """The ``k`` highest scores of each ``src`` with ``rank`` (1 = best; ties keep input order)."""
-    return (scored.sort("src", "score", descending=[False, True], maintain_order=True)
-            .with_columns(rank=pl.int_range(1, pl.len() + 1).over("src"))
-            .filter(pl.col("rank") <= k))
 
 
 def main() -> None:
@@ -50,23 +40,24 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=5)
     args = parser.parse_args()
 
-    summary = train(TrainRequest(
+    summary = ncnc.train(ncnc.TrainRequest(
         model="ncnc", out=args.out / "checkpoint", edges=args.edges, features=args.features,
         model_overrides={"hidden": args.hidden}, train_overrides={"epochs": args.epochs},
     ))
     print(f"trained: validation hits@100 {summary['valid']['hits@100']:.3f}")
-    manifest = export_bundle(args.out / "checkpoint", args.out / "bundle")
+    manifest = ncnc.export(args.out / "checkpoint", args.out / "bundle")
     print(f"exported: ONNX parity {manifest['parity']['onnx_max_abs_diff']:.1e}")
 
-    bundle = load_bundle(args.out / "bundle")
-    scorer = BatchScorer(bundle, device="auto")
+    bundle = ncnc.load_bundle(args.out / "bundle")
+    scorer = bundle.scorer()
     everyone = bundle.id_map.ids
     pairs = unlinked_pairs(pl.read_parquet(args.edges), everyone.head(args.users), everyone)
-    # Any Arrow table (from DuckDB, Spark, pyarrow.parquet) or polars DataFrame scores the same.
-    scored = score_table(scorer, bundle.id_map, pairs.to_arrow())
-    top = top_per_source(scored, args.top_k)
+    # Any Arrow table (from DuckDB, Spark, pyarrow.parquet), polars or pandas DataFrame scores
+    # the same, and comes back as the kind of table it was.
+    scored = scorer.score(pairs.to_arrow())
+    top = pl.from_arrow(ncnc.top_k(scored, args.top_k, per_source=True))
     top.write_parquet(args.out / "recommendations.parquet")
-    print(f"scored {scored.height:,} pairs in memory; top {args.top_k} per user:")
+    print(f"scored {scored.num_rows:,} pairs in memory; top {args.top_k} per user:")
     print(top)
 
 

@@ -1,4 +1,4 @@
-"""The nightly scoring job on a Ray cluster, through the Python API (needs ``ncnc[ray]``).
+"""The nightly scoring job on a Ray cluster, through the Python API (needs ``ncnc-toolchain[ray]``).
 
     python examples/ray_cluster.py --bundle BUNDLE --pairs CANDIDATES [CANDIDATES ...] \\
         --out recommendations.parquet [--address auto] [--num-workers N] [--top-k 20]

@@ -1,4 +1,13 @@
-"""Checkpoint -> validated bundle (bridges trainer/ and scorer/)."""
+"""Checkpoint -> validated bundle (bridges ncnc.trainer and ncnc.scorer).
+
+Needs the ``[train]`` extra (the checkpoint's model and ONNX export); importing without it is one
+line saying so.
+"""
+
+from ncnc.core.extras import require
+
+require("torch_geometric", "onnx", "onnxscript", extra="train",
+        purpose="exporting a checkpoint (ncnc export)")
 
 from ncnc.exporter.export import ExportConfig, ExportValidationError, export_bundle
 

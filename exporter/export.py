@@ -10,8 +10,6 @@ go into the manifest; above the tolerance the export fails and leaves no bundle.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +19,17 @@ import torch
 from torch import Tensor, nn
 
 from ncnc.core.errors import InputError
+from ncnc.core.files import Publication, refuse_outputs_over_inputs
 from ncnc.scorer.bundle import (
-    PROGRAM_FILE,
     HEAD_FILE,
+    PROGRAM_FILE,
     Bundle,
     ScoringSpec,
+    is_bundle,
     write_arrays,
     write_manifest,
 )
 from ncnc.scorer.engine import BatchScorer
-from ncnc.scorer.stream import remove_stale_temporaries, temporary_path
 from ncnc.trainer.checkpoint import Checkpoint, library_versions, load_checkpoint
 from ncnc.trainer.data import load_edge_list
 from ncnc.trainer.model import PairPredictor
@@ -115,21 +114,20 @@ def export_bundle(
             by more than ``config.atol``; no bundle is left at ``out`` then.
     """
     started = time.perf_counter()
+    out, checkpoint = Path(out), Path(checkpoint)
+    refuse_outputs_over_inputs([out], [edges] if edges is not None else [], [checkpoint])
     _check_replaceable(out)
-    ck = load_checkpoint(checkpoint, "cpu")
-    graph = _inference_graph(ck, edges)
-    spec = _spec(ck)
-    predictor = ck.model.predictor.eval()
-    with torch.no_grad():
-        h = ck.model.encoder(ck.features, graph)
-        levels = [h]
-        for _ in range(spec.num_levels - 1):
-            levels.append(predictor.transform(levels[-1]))
-    remove_stale_temporaries(out)
-    staging = temporary_path(out)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with Publication() as publication:
+        staging = publication.directory(out)  # locks out first: a second export is refused at once
+        ck = load_checkpoint(checkpoint, "cpu")
+        graph = _inference_graph(ck, edges)
+        spec = _spec(ck)
+        predictor = ck.model.predictor.eval()
+        with torch.no_grad():
+            h = ck.model.encoder(ck.features, graph)
+            levels = [h]
+            for _ in range(spec.num_levels - 1):
+                levels.append(predictor.transform(levels[-1]))
         write_arrays(staging, graph, levels, ck.id_map)
         _export_onnx(predictor, spec, staging / HEAD_FILE, config)
         _export_program(predictor, spec, graph, levels, staging / PROGRAM_FILE, config)
@@ -143,10 +141,7 @@ def export_bundle(
             "versions": {**library_versions(), **_runtime_versions()},
             "export_seconds": round(time.perf_counter() - started, 2),
         })
-        _replace_directory(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        publication.publish()
     return manifest
 
 
@@ -242,8 +237,7 @@ def _validate(ck: Checkpoint, predictor: PairPredictor, spec: ScoringSpec, graph
     pairs = _validation_pairs(graph, config.validation_pairs, config.seed)
     with torch.no_grad():
         eager = torch.cat([predictor(h, graph, p) for p in pairs.split(4096)])
-    bundle = Bundle(path=staging, manifest={}, spec=spec, graph=graph, levels=levels,
-                    id_map=ck.id_map)
+    bundle = Bundle.in_memory(staging, spec, graph, levels, ck.id_map)
     scorer = BatchScorer(bundle, device="cpu")
     onnx_logits = torch.cat([scorer.score_logits(p) for p in pairs.split(config.onnx_batch_size)])
     program = torch.export.load(str(staging / PROGRAM_FILE)).module()
@@ -287,15 +281,10 @@ def _runtime_versions() -> dict[str, str]:
 
 
 def _check_replaceable(out: Path) -> None:
-    """Refuse, before any work, to replace something that is not an earlier bundle."""
-    if out.exists() and not (out / "manifest.json").exists() and any(out.iterdir()):
-        raise InputError(f"--out {out} exists and is not an ncnc bundle; refusing to replace it")
-
-
-def _replace_directory(staging: Path, out: Path) -> None:
-    """Move the finished bundle into place; an earlier bundle is replaced only now."""
-    backup = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(backup)
-    staging.rename(out)
-    shutil.rmtree(backup, ignore_errors=True)
+    """Refuse, before any work, to replace anything but an earlier bundle (or an empty folder)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder; refusing to replace it")
+    if any(out.iterdir()) and not is_bundle(out):
+        raise InputError(f"--out {out}: exists and is not an ncnc bundle; refusing to replace it")

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -40,6 +41,9 @@ from ncnc.core.ids import IdMap
 from ncnc.triton_kernels import CSRGraph, huge_page_empty
 from ncnc.triton_kernels.completion import Calibration
 from ncnc.triton_kernels.pair_scoring import PairRule
+
+if TYPE_CHECKING:
+    from ncnc.scorer.api import Scorer
 
 BUNDLE_FORMAT = "ncnc-bundle"
 FORMAT_VERSION = 1
@@ -89,28 +93,88 @@ class ScoringSpec:
 
 @dataclass
 class Bundle:
-    """A loaded bundle (:func:`load_bundle`): what :class:`ncnc.scorer.engine.BatchScorer` scores with.
+    """A loaded bundle (:func:`load_bundle`): what :class:`~ncnc.scorer.Scorer` scores with.
 
     Attributes:
         path: the bundle directory.
         manifest: ``manifest.json`` as a dict.
         spec: model kind, depth, hidden width, node count, calibration and cap.
-        graph: the CSR graph the common-neighbour step reads (``indptr`` [n+1], ``indices``
-            [nnz], int64).
-        levels: the node tables, ``spec.num_levels`` float32 tensors of shape [n, hidden].
         id_map: node index <-> original id (Int64 or String).
+        huge_pages: how :attr:`graph` and :attr:`levels` are read on first use: into this
+            process's own huge-page memory (the fastest random row reads on the CPU), or
+            (False) mapped from the files, so that processes on one machine share one copy
+            through the page cache.
+
+    :attr:`graph` (the CSR graph, ``indptr`` [n+1] and ``indices`` [nnz] int64) and
+    :attr:`levels` (``spec.num_levels`` float32 tables ``[n, hidden]``) are read when first used:
+    a CUDA scorer copies them to the device without keeping a private host copy, and
+    ``ncnc candidates`` reads the graph alone.
     """
 
     path: Path
     manifest: dict[str, Any]
     spec: ScoringSpec
-    graph: CSRGraph
-    levels: list[Tensor]
     id_map: IdMap
+    huge_pages: bool = True
+    _graph: CSRGraph | None = None
+    _levels: list[Tensor] | None = None
+
+    @classmethod
+    def in_memory(cls, path: Path, spec: ScoringSpec, graph: CSRGraph, levels: list[Tensor],
+                  id_map: IdMap) -> Bundle:
+        """A bundle being assembled at ``path`` whose arrays are already in memory (the
+        exporter validates its head with the real engine before writing the manifest)."""
+        return cls(path, {}, spec, id_map, _graph=graph, _levels=levels)
 
     @property
     def num_nodes(self) -> int:
         return self.spec.num_nodes
+
+    @property
+    def graph(self) -> CSRGraph:
+        if self._graph is None:
+            arrays = self._read(GRAPH_FILE, ["indptr", "indices"], self.huge_pages)
+            self._graph = CSRGraph(arrays["indptr"], arrays["indices"])
+        return self._graph
+
+    @property
+    def levels(self) -> list[Tensor]:
+        if self._levels is None:
+            self._levels = self._read_levels(self.huge_pages)
+        return self._levels
+
+    def _read(self, name: str, tensors: Sequence[str], huge_pages: bool) -> dict[str, Tensor]:
+        read = read_safetensors if huge_pages else _map_safetensors
+        return read(_bundle_file(self.path, name), tensors)
+
+    def _read_levels(self, huge_pages: bool) -> list[Tensor]:
+        names = [f"level{k}" for k in range(self.spec.num_levels)]
+        tables = self._read(TABLES_FILE, names, huge_pages)
+        return [tables[name] for name in names]
+
+    def arrays_for(self, device: torch.device) -> tuple[CSRGraph, list[Tensor]]:
+        """The graph and node tables on ``device``. Off the CPU, files not read yet are mapped
+        and copied to the device, so no private host copy is kept."""
+        if device.type == "cpu":
+            return self.graph, self.levels
+        graph = self._graph
+        if graph is None:
+            graph = CSRGraph(**self._read(GRAPH_FILE, ["indptr", "indices"], False))
+        levels = self._levels if self._levels is not None else self._read_levels(False)
+        return graph.to(device), [t.to(device) for t in levels]
+
+    def scorer(self, *, device: str = "auto", threads: int | None = None) -> Scorer:
+        """A :class:`~ncnc.scorer.Scorer` of this bundle.
+
+        Args:
+            device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+            threads: onnxruntime's intra-op threads (None: one per core), e.g. one per Ray actor
+                when several share a machine.
+        """
+        from ncnc.scorer.api import Scorer
+        from ncnc.scorer.engine import BatchScorer
+
+        return Scorer(self, BatchScorer(self, device, threads))
 
     @property
     def checksum(self) -> str:
@@ -158,14 +222,32 @@ def write_manifest(directory: Path, spec: ScoringSpec, extra: dict[str, Any]) ->
     return manifest
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
+def _manifest_json(path: Path) -> dict[str, Any]:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{path} is not an ncnc bundle: {MANIFEST} is missing")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BundleError(f"{manifest_path} is not valid JSON: {err}") from err
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{manifest_path}: not an ncnc bundle (a JSON {type(manifest).__name__}"
+                          ", not an object)")
+    return manifest
+
+
+def is_bundle(path: Path) -> bool:
+    """Whether ``path`` is a folder ``ncnc export`` wrote (of any format version): the only kind
+    of folder an export may replace."""
+    try:
+        return _manifest_json(Path(path)).get("format") == BUNDLE_FORMAT
+    except (BundleError, OSError):
+        return False
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    manifest_path = path / MANIFEST
+    manifest = _manifest_json(path)
     if manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{manifest_path}: not an ncnc bundle (format {manifest.get('format')!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -254,34 +336,31 @@ def _map_safetensors(path: Path, names: Sequence[str]) -> dict[str, Tensor]:
     return {name: tensors[name] for name in names}
 
 
-def load_bundle_ids(path: Path) -> IdMap:
-    """The node ids of a bundle, after every check of :func:`load_bundle`, without loading the
-    graph and tables: what a driver needs whose workers do the scoring."""
-    path = Path(path)
-    _checked_manifest(path, verify=True)
-    return IdMap.load(_bundle_file(path, ID_MAP_FILE))
-
-
-def load_bundle(path: Path, *, verify: bool = True, huge_pages: bool = True) -> Bundle:
-    """Read a bundle directory; with ``verify`` (default) every checksum is checked first.
+def load_bundle(path: Path | str, *, verify: bool = True, huge_pages: bool = True) -> Bundle:
+    """Open a bundle directory; with ``verify`` (default) every checksum is checked first.
 
     Args:
         path: the directory ``ncnc export`` wrote.
         verify: check every file's sha256 against the manifest (reads every byte once); turn it
             off only for a bundle checked already in this process.
-        huge_pages: read the graph and node tables into this process's own huge-page memory
-            (:func:`read_safetensors`: the fastest random row reads on the CPU). False maps the
-            files instead: processes on one machine (Ray actors) then share one copy through the
-            OS page cache, and a CUDA scorer keeps no second copy in host memory.
+        huge_pages: on the CPU, read the graph and node tables into this process's own
+            huge-page memory (:func:`read_safetensors`: the fastest random row reads). False maps
+            the files instead: processes on one machine (Ray actors) then share one copy through
+            the OS page cache. CUDA scorers always map the files and copy them to the device.
 
     Returns:
-        The :class:`Bundle`, its tensors on the CPU. Nothing is unpickled; ``program.pt2`` is
-        not loaded.
+        The :class:`Bundle`; its arrays are read when first used. Nothing is unpickled;
+        ``program.pt2`` is not loaded.
 
     Raises:
         BundleError: (an :class:`~ncnc.core.errors.InputError`) no such directory, not a bundle, an
             unknown ``format_version``, a malformed manifest, a missing or changed file, or a
             manifest file name pointing outside the bundle.
+
+    Example::
+
+        scorer = ncnc.load_bundle("bundle/").scorer()
+        scored = scorer.score(pairs)   # polars, pandas or Arrow: src, dst -> + score, prob
     """
     path = Path(path)
     manifest = _checked_manifest(path, verify)
@@ -289,14 +368,5 @@ def load_bundle(path: Path, *, verify: bool = True, huge_pages: bool = True) -> 
         spec = ScoringSpec(**manifest["spec"])
     except (KeyError, TypeError) as err:
         raise BundleError(f"{path / MANIFEST}: malformed spec ({err})") from err
-    read = read_safetensors if huge_pages else _map_safetensors
-    arrays = read(_bundle_file(path, GRAPH_FILE), ["indptr", "indices"])
-    tables = read(_bundle_file(path, TABLES_FILE), [f"level{k}" for k in range(spec.num_levels)])
-    return Bundle(
-        path=path,
-        manifest=manifest,
-        spec=spec,
-        graph=CSRGraph(arrays["indptr"], arrays["indices"]),
-        levels=[tables[f"level{k}"] for k in range(spec.num_levels)],
-        id_map=IdMap.load(_bundle_file(path, ID_MAP_FILE)),
-    )
+    return Bundle(path=path, manifest=manifest, spec=spec,
+                  id_map=IdMap.load(_bundle_file(path, ID_MAP_FILE)), huge_pages=huge_pages)

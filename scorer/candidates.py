@@ -25,8 +25,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ncnc.core.errors import InputError
+from ncnc.core.files import Publication, refuse_outputs_over_inputs
 from ncnc.core.tables import read_parquet_table
-from ncnc.scorer.stream import AtomicParquetWriter, refuse_overwriting
+from ncnc.scorer.outputs import ParquetRowWriter
 from ncnc.triton_kernels import CSRGraph
 
 DEFAULT_MAX_PATHS = 1 << 21  # about 150 MiB of intermediate tensors per chunk
@@ -149,9 +150,10 @@ def two_hop_candidates(graph: CSRGraph, sources: Tensor | None = None, *,
         start = end
 
 
-def write_candidates(bundle_path: Path, out: Path, *, nodes: Path | None = None,
-                     both_directions: bool = False, max_per_node: int | None = None, common_neighbors: bool = True,
-                     max_paths: int = DEFAULT_MAX_PATHS, progress: bool = True) -> dict[str, Any]:
+def write_candidates(bundle_path: Path | str, out: Path | str, *, nodes: Path | None = None,
+                     both_directions: bool = False, max_per_node: int | None = None,
+                     common_neighbors: bool = True, max_paths: int = DEFAULT_MAX_PATHS,
+                     progress: bool = True) -> dict[str, Any]:
     """Write the two-hop candidate pairs of a bundle's graph to the Parquet file ``out``.
 
     Args:
@@ -176,8 +178,11 @@ def write_candidates(bundle_path: Path, out: Path, *, nodes: Path | None = None,
 
     started = time.perf_counter()
     out = Path(out)
-    refuse_overwriting(out, [nodes] if nodes is not None else [])
-    # Only the graph is read: mapping the files (no huge-page copy) leaves the tables on disk.
+    if out.is_dir():
+        raise InputError(f"output {out}: is a folder; give a file name such as "
+                         f"{out / 'candidates.parquet'}")
+    refuse_outputs_over_inputs([out], [nodes] if nodes is not None else [], [bundle_path])
+    # Only the graph is read, mapped from its file (no huge-page copy of anything).
     bundle = load_bundle(Path(bundle_path), huge_pages=False)
     id_map = bundle.id_map
     sources = None
@@ -191,15 +196,19 @@ def write_candidates(bundle_path: Path, out: Path, *, nodes: Path | None = None,
     if common_neighbors:
         schema["common_neighbors"] = pl.Int64()
     count = bundle.graph.num_nodes if sources is None else sources.numel()
-    with AtomicParquetWriter(out, schema) as writer, tqdm(
-        total=count, unit="nodes", unit_scale=True, desc="candidates", disable=not progress,
-    ) as bar:
-        for chunk in two_hop_candidates(bundle.graph, sources, both_directions=both_directions,
-                                        max_per_node=max_per_node, max_paths=max_paths):
-            columns = {"src": id_map.to_original(chunk.src), "dst": id_map.to_original(chunk.dst)}
-            if common_neighbors:
-                columns["common_neighbors"] = pl.Series(chunk.common.numpy(), dtype=pl.Int64)
-            writer.write(pl.DataFrame(columns))
-            bar.update(chunk.sources)
+    with Publication() as publication:
+        with ParquetRowWriter(publication.file(out), schema) as writer, tqdm(
+            total=count, unit="nodes", unit_scale=True, desc="candidates", disable=not progress,
+        ) as bar:
+            for chunk in two_hop_candidates(bundle.graph, sources,
+                                            both_directions=both_directions,
+                                            max_per_node=max_per_node, max_paths=max_paths):
+                columns = {"src": id_map.to_original(chunk.src),
+                           "dst": id_map.to_original(chunk.dst)}
+                if common_neighbors:
+                    columns["common_neighbors"] = pl.Series(chunk.common.numpy(), dtype=pl.Int64)
+                writer.write(pl.DataFrame(columns))
+                bar.update(chunk.sources)
+        publication.publish()
     return {"bundle": str(bundle_path), "output": str(out), "sources": count,
             "pairs": writer.rows_written, "seconds": round(time.perf_counter() - started, 3)}

@@ -45,20 +45,19 @@ def _numpy(t: Tensor) -> np.ndarray:
 
 
 class BatchScorer:
-    """Scores ``[B, 2]`` int64 node-index pairs with a bundle; returns float32 logits on the CPU.
+    """The batch engine: ``[B, 2]`` int64 node-index pairs -> float32 logits on the CPU.
 
     Node indices, not original ids: :func:`ncnc.scorer.job.score_table` maps ids through
     ``bundle.id_map`` and calls :meth:`score_logits`. On the CPU a pair's logit is bit-identical
-    whatever batch it is scored in. ``device`` is ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    whatever batch it is scored in. ``device`` is ``"auto"`` (CUDA when available), ``"cpu"`` or
+    ``"cuda"`` (the one place the device rule runs for a scorer); ``threads``: onnxruntime's
+    intra-op threads (None: one per core), e.g. one per Ray actor when several share a machine.
     """
 
     def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None) -> None:
-        """``threads``: onnxruntime's intra-op threads (None: one per core), e.g. one per Ray
-        actor when several share a machine."""
         self.bundle = bundle
         self.device = resolve_device(device)
-        self.graph = bundle.graph.to(self.device)
-        self.levels = [t.to(self.device) for t in bundle.levels]
+        self.graph, self.levels = bundle.arrays_for(self.device)
         self.head = OnnxHead(bundle.head_path, self.device, threads)
 
     @torch.no_grad()

@@ -4,7 +4,7 @@ Tie rule (the same everywhere in ncnc): a higher ``score`` ranks first; equal sc
 ``row`` column, the smaller (earlier) first. ``row`` is the row's position over all inputs, so the
 result equals one full sort of every row by ``(score descending, row ascending)`` followed by
 taking the first K (of each group), whatever the batch boundaries. NaN scores rank below every
-number (as ``-inf``, then by ``row``).
+number (as ``-inf``, then by ``row``), and so do nulls.
 
 Memory: the kept rows (at most K, or K per group) plus a buffer of candidates that is merged into
 them whenever it grows as large as they are (or ``min_merge_rows``), so each row takes part in a
@@ -58,8 +58,8 @@ class RunningTopK:
         self._floor: float | pl.DataFrame | None = None
 
     def _key(self) -> pl.Expr:
-        """The score as ranked: Float64 with NaN as -inf."""
-        return pl.col(self.score).cast(pl.Float64).fill_nan(float("-inf"))
+        """The score as ranked: Float64 with NaN (and null) as -inf."""
+        return pl.col(self.score).cast(pl.Float64).fill_nan(float("-inf")).fill_null(float("-inf"))
 
     def _order(self) -> tuple[list[pl.Expr], list[bool]]:
         """Sort keys of the tie rule (after the group column, if any)."""

@@ -21,20 +21,21 @@ Row positions. The tie rule ranks equal scores by global input position (files i
 given, rows in file order). ``ray.data.read_parquet`` tells a row's file (``include_paths``) but
 not its place in the file, and numbering its blocks would take a second pass over the input. So
 the driver plans the partitions itself: it checks the inputs like the local scorer
-(:func:`ncnc.scorer.job.open_inputs`, footers only) and cuts them into partitions of consecutive rows
+(:func:`ncnc.scorer.inputs.open_inputs`, footers only) and cuts them into partitions of consecutive rows
 ``[start, stop)`` of that global numbering. A partition lies in one file and starts at a multiple
 of ``--batch-size`` in it, so its batches are the local scorer's. The dataset is the list of
 partitions (``ray.data.from_items``); each actor reads its partitions with
-:func:`ncnc.scorer.stream.iter_pair_batches` (``start_row``, ``stop_row``) and scores them with
+:func:`ncnc.scorer.inputs.iter_pair_batches` (``start_row``, ``stop_row``) and scores them with
 :class:`ncnc.scorer.job.ScoringJob`: the local job's reader, checks (nulls named by file row, damaged
 files caught by their footer counts, unknown ids) and batches, and every row knows its position.
 The price: pairs files and bundle must be readable at the same path on every node.
 
 Output. The results come back to the driver through ``Dataset.iter_batches`` in partition order
-(``preserve_order``, and the driver checks it), and the driver writes them to
-:class:`ncnc.scorer.stream.AtomicParquetWriter` as they arrive: one file, renamed into place only when
-every partition succeeded. Memory stays bounded: Ray's streaming executor keeps a few partitions
-in flight (spilling to disk past the object store) and the driver holds one at a time. Ray's
+(``preserve_order``, and the driver checks it), and the driver writes them as they arrive to
+the output's staged path (:class:`ncnc.scorer.outputs.ParquetRowWriter`): one file, published
+with the report only when every partition succeeded (:func:`ncnc.scorer.job.publish_job`).
+Memory stays bounded: Ray's streaming executor keeps a few partitions in flight (spilling to
+disk past the object store) and the driver holds one at a time. Ray's
 ``write_parquet`` is not used: it writes a file per block, and gathering those into the one output
 file would read and write every row a second time; here each row is written once.
 
@@ -52,7 +53,6 @@ onnxruntime). Actors map the bundle's files rather than copying them into huge p
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,27 +66,24 @@ from tqdm.auto import tqdm
 
 from ncnc.core.errors import InputError
 from ncnc.core.ids import IdMap
-from ncnc.scorer.bundle import load_bundle, load_bundle_ids
+from ncnc.core.tables import as_polars
+from ncnc.scorer.bundle import load_bundle
 from ncnc.scorer.engine import BatchScorer
+from ncnc.scorer.inputs import OnUnknown, PairInputs, iter_pair_batches, open_inputs
 from ncnc.scorer.job import (
     DEFAULT_BATCH_SIZE,
-    OnUnknown,
-    OutputSpec,
-    ScoreRequest,
+    JobCounts,
     ScoringJob,
     check_options,
-    check_report_path,
-    job_report,
-    open_inputs,
-    publish_report,
+    publish_job,
     score_table,
 )
-from ncnc.scorer.stream import AtomicParquetWriter, iter_pair_batches
+from ncnc.scorer.outputs import OutputSpec, ParquetRowWriter
 
 if TYPE_CHECKING:
     import ray.data
 
-INSTALL_HINT = "pip install 'ncnc[ray]'"
+INSTALL_HINT = "pip install 'ncnc-toolchain[ray]'"
 PART = "_part"  # partition number of a result row: the driver checks the order with it
 SCORED = "_scored"  # rows scored in the row's partition: the report's count, kept or not
 ERROR = "_error"  # the InputError message of a partition that failed (its only column but PART)
@@ -172,18 +169,13 @@ class ScoreBatches:
         self.on_unknown = on_unknown
 
     def __call__(self, batch: Any) -> Any:
-        import pandas as pd
-
-        if isinstance(batch, pd.DataFrame):
-            scored = score_table(self.scorer, self.id_map, pl.from_pandas(batch), what="batch",
-                                 on_unknown=self.on_unknown)
-            return scored.to_pandas()
-        if not isinstance(batch, pa.Table):
-            raise TypeError(f"ScoreBatches takes Arrow or pandas batches, not {type(batch)}: "
-                            "pass batch_format='pyarrow' or 'pandas' to map_batches")
-        scored = score_table(self.scorer, self.id_map, batch, what="batch",
+        frame, kind = as_polars(batch, what="batch")
+        if kind == "polars":
+            raise TypeError("ScoreBatches takes Arrow or pandas batches: pass "
+                            "batch_format='pyarrow' or 'pandas' to map_batches")
+        scored = score_table(self.scorer, self.id_map, frame, what="batch",
                              on_unknown=self.on_unknown)
-        return _arrow(scored)
+        return scored.to_pandas() if kind == "pandas" else _arrow(scored)
 
 
 def _arrow(frame: pl.DataFrame) -> pa.Table:
@@ -306,44 +298,53 @@ def _results(ds: ray.data.Dataset, parts: Sequence[Partition], bar: tqdm
         yield frame.drop(PART, SCORED), int(scored)
 
 
-def score_files_ray(bundle: Path, pairs: Sequence[Path | str], out: Path, *,
+def score_files_ray(bundle: Path | str, pairs: Sequence[Path | str], out: Path | str, *,
                     top_k: int | None = None, per_source: bool = False,
                     batch_size: int = DEFAULT_BATCH_SIZE, on_unknown: OnUnknown = "error",
-                    device: str = "auto", progress: bool = True,
-                    options: RayOptions = RayOptions()) -> dict[str, Any]:
-    """:func:`ncnc.scorer.job.score_files` on Ray: the same output file and report (plus ``engine``,
-    ``device`` and ``num_workers``); see the module docstring for how.
+                    device: str = "auto", report: Path | str | None = None,
+                    progress: bool = True, options: RayOptions = RayOptions()) -> dict[str, Any]:
+    """:func:`ncnc.scorer.job.score_files` on Ray (``ncnc score --engine ray``): the same output
+    file and report (plus ``engine``, ``device`` and ``num_workers``); see the module docstring.
 
     ``bundle`` and the pairs files must be readable at these paths on every node. Inputs are
     checked on the driver before Ray starts; errors an actor finds (nulls, unknown ids, damaged
     files) come back as the same one-line :class:`InputError`, and nothing is written then.
     """
-    started = time.perf_counter()
     ray = import_ray()
     check_options(top_k, per_source, batch_size)
-    out = Path(out)
-    id_map = load_bundle_ids(Path(bundle))
-    files, row_counts = open_inputs(pairs, out, id_map)
+    bundle = Path(bundle)
+    id_map = load_bundle(bundle).id_map  # checks the bundle; its arrays are read by the actors
+    inputs = open_inputs(pairs, id_map)
     output = OutputSpec(id_map, top_k, per_source)
-    with _ray_session(ray, options.address), tqdm(
-            total=sum(row_counts), unit="pairs", unit_scale=True, desc="score",
-            disable=not progress) as bar:
-        use_gpu, workers = _workers(ray, device, options.num_workers)
-        partition_rows = options.partition_rows or default_partition_rows(
-            sum(row_counts), batch_size, workers)
-        parts = plan_partitions(row_counts, batch_size,
-                                -(-partition_rows // batch_size) * batch_size)
-        workers = max(1, min(workers, len(parts)))  # idle actors would each load the bundle
-        spec = _PartitionJob(str(Path(bundle).resolve()), tuple(str(f.resolve()) for f in files),
-                             tuple(row_counts), top_k, per_source, on_unknown, batch_size,
-                             "cuda" if use_gpu else "cpu", None if use_gpu else 1)
-        results = (_results(_dataset(ray, spec, parts, workers, use_gpu), parts, bar)
-                   if parts else iter(()))
-        rows_scored, rows_written = _write(out, output, results)
-    report = job_report(files, out, row_counts, rows_scored, rows_written,
-                        rows_resumed=0, top_k=top_k, per_source=per_source,
-                        batch_size=batch_size, seconds=time.perf_counter() - started)
-    return {**report, "engine": "ray", "device": spec.device, "num_workers": workers}
+
+    def run(data: Path, bar: tqdm) -> JobCounts:
+        with _ray_session(ray, options.address):
+            use_gpu, workers = _workers(ray, device, options.num_workers)
+            parts = plan_partitions(inputs.row_counts, batch_size, _partition_rows(
+                options, inputs, batch_size, workers))
+            workers = max(1, min(workers, len(parts)))  # idle actors would each load the bundle
+            spec = _PartitionJob(str(bundle.resolve()),
+                                 tuple(str(f.resolve()) for f in inputs.files),
+                                 tuple(inputs.row_counts), top_k, per_source, on_unknown,
+                                 batch_size, "cuda" if use_gpu else "cpu",
+                                 None if use_gpu else 1)
+            results = (_results(_dataset(ray, spec, parts, workers, use_gpu), parts, bar)
+                       if parts else iter(()))
+            rows_scored, rows_written = _write(data, output, results)
+        return JobCounts(0, rows_scored, rows_written, {"device": spec.device, "engine": "ray",
+                                                        "num_workers": workers})
+
+    return publish_job(inputs, Path(out), report=Path(report) if report is not None else None,
+                       report_fields={"bundle": str(bundle)}, top_k=top_k,
+                       per_source=per_source, batch_size=batch_size, progress=progress,
+                       reads=[bundle], run=run)
+
+
+def _partition_rows(options: RayOptions, inputs: PairInputs, batch_size: int,
+                    workers: int) -> int:
+    """Rows per partition: the option's, or the default, rounded up to whole batches."""
+    rows = options.partition_rows or default_partition_rows(inputs.rows, batch_size, workers)
+    return -(-rows // batch_size) * batch_size
 
 
 @contextlib.contextmanager
@@ -366,14 +367,15 @@ def _ray_session(ray: Any, address: str | None) -> Iterator[None]:
             ray.shutdown()
 
 
-def _write(out: Path, output: OutputSpec, results: Iterator[tuple[pl.DataFrame, int]]
+def _write(data: Path, output: OutputSpec, results: Iterator[tuple[pl.DataFrame, int]]
            ) -> tuple[int, int]:
-    """Write ``results`` (in input order) to ``out``, all or nothing, ranked with a top K.
+    """Write ``results`` (in input order) at ``data`` (the output's staged path), ranked with a
+    top K.
 
     Returns (rows scored, rows written).
     """
     rows_scored = 0
-    with AtomicParquetWriter(out, output.schema) as writer:
+    with ParquetRowWriter(data, output.schema) as writer:
         top = output.new_top()
         for frame, scored in results:
             rows_scored += scored
@@ -384,16 +386,3 @@ def _write(out: Path, output: OutputSpec, results: Iterator[tuple[pl.DataFrame, 
         if top is not None:
             writer.write(output.ranked(top.kept()))
     return rows_scored, writer.rows_written
-
-
-def score_pairs_ray(request: ScoreRequest, options: RayOptions = RayOptions()) -> dict[str, Any]:
-    """``ncnc score --engine ray``: :func:`ncnc.scorer.job.score_pairs` with the scoring on Ray."""
-    if request.resume:
-        raise InputError("--resume works with --engine local only")
-    check_report_path(request)
-    report = score_files_ray(
-        request.bundle, request.pairs, request.out, top_k=request.top_k,
-        per_source=request.per_source, batch_size=request.batch_size,
-        on_unknown=request.on_unknown, device=request.device, progress=request.progress,
-        options=options)
-    return publish_report(request, report.pop("device"), report)

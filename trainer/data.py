@@ -22,10 +22,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from ncnc.core.errors import InputError
+from ncnc.core.errors import EXAMPLES, InputError, examples
 from ncnc.core.ids import IdMap, as_id_series, id_kind
 from ncnc.core.tables import read_parquet_table
-from ncnc.core.errors import EXAMPLES, examples
 
 logger = logging.getLogger("ncnc.trainer")
 

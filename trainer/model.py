@@ -23,7 +23,6 @@ from ncnc.triton_kernels import CSRGraph
 from ncnc.triton_kernels.completion import Calibration
 from ncnc.triton_kernels.pair_scoring import LazyLevels, PairRule, pair_logits
 
-
 # torch.sparse.mm over CSR is the fastest CPU propagation; its "beta" notice is noise for users.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 

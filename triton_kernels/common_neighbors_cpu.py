@@ -271,7 +271,7 @@ def _fill_difference(
 def _split_fill(
     lo, hi, indptr, indices, pairs, cap, salt_i, salt_j, w_i, w_j,
     c_off, c_mem, c_w, pos_i, pos_j, i_off, i_mem, i_w, j_off, j_mem, j_w,
-):  # fmt: skip
+):
     bounds = np.empty((_GROUP, 4), dtype=np.int64)
     for g0 in range(lo, hi, _GROUP):
         g1 = min(g0 + _GROUP, hi)
@@ -298,11 +298,11 @@ def _split_fill(
             _fill_difference(
                 indices, si, ei - si, pos_i, c_off[b], common, i, j, cap, salt_i, w_i[b],
                 i_off[b], i_mem, i_w,
-            )  # fmt: skip
+            )
             _fill_difference(
                 indices, sj, ej - sj, pos_j, c_off[b], common, i, j, cap, salt_j, w_j[b],
                 j_off[b], j_mem, j_w,
-            )  # fmt: skip
+            )
 
 
 @numba.njit(**_JIT)
@@ -419,7 +419,7 @@ def run_ranges(kernel, total: int, *args, min_chunk: int = _MIN_CHUNK) -> None:
     if threads == 1 or chunks <= 1:
         kernel(0, total, *args)
         return
-    if _pool is None or _pool._max_workers < threads:  # noqa: SLF001
+    if _pool is None or _pool._max_workers < threads:
         _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ncnc-cpu")
     bounds = [total * k // chunks for k in range(chunks + 1)]
     futures = [_pool.submit(kernel, lo, hi, *args) for lo, hi in zip(bounds, bounds[1:])]
@@ -479,7 +479,7 @@ def common_neighbor_sum_backward_cpu(
     _run_columns(
         _cn_kernel, grad.size(1), pairs.size(0), *graph, grad.numpy(), _pairs(pairs), grad_x.numpy(),
         no_counts, True,
-    )  # fmt: skip
+    )
     return grad_x
 
 
@@ -509,7 +509,7 @@ def neighbor_split_cpu(
         w_i.numpy(), w_j.numpy(),
         c_off.numpy(), c_mem.numpy(), c_w.numpy(), pos_i.numpy(), pos_j.numpy(),
         i_off.numpy(), i_mem.numpy(), i_w.numpy(), j_off.numpy(), j_mem.numpy(), j_w.numpy(),
-    )  # fmt: skip
+    )
     return c_off, c_mem, c_w, i_off, i_mem, i_w, j_off, j_mem, j_w
 
 
@@ -555,5 +555,5 @@ def concat_ragged_cpu(parts: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tenso
         run_ranges(
             _append_segments, offsets.numel() - 1, _np(part_offsets), _np(part_members.long()),
             _np(part_weights.float()), filled.numpy(), members.numpy(), weights.numpy(),
-        )  # fmt: skip
+        )
     return offsets, members, weights

@@ -9,8 +9,8 @@ caller's ``inner_logits``, that the missing edge exists. The difference sets are
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor

@@ -36,7 +36,7 @@ class CSRGraph:
     def degree(self) -> Tensor:
         return self.indptr[1:] - self.indptr[:-1]
 
-    def to(self, device: torch.device | str) -> "CSRGraph":
+    def to(self, device: torch.device | str) -> CSRGraph:
         return CSRGraph(self.indptr.to(device), self.indices.to(device))
 
     def edge_index(self) -> Tensor:

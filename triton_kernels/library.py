@@ -34,12 +34,15 @@ from ncnc.triton_kernels import common_neighbors_triton as gpu
 
 try:
     from ncnc.triton_kernels import common_neighbors_cpu as cpu
-except ImportError as _missing:  # numba is a dependency, but a CUDA-only setup may lack it
+except ImportError as missing:  # numba is a dependency, but a CUDA-only setup may lack it
+    # The except block unbinds `missing` when it ends: keep its text for the closure below.
+    _MISSING_REASON = str(missing)
 
     class _CPUUnavailable:
         def __getattr__(self, name: str):
             def unavailable(*args, **kwargs):
-                raise RuntimeError(f"the CPU common-neighbour kernels need numba: {_missing}")
+                raise RuntimeError(f"the CPU common-neighbour kernels need numba: "
+                                   f"{_MISSING_REASON}")
 
             return unavailable
 

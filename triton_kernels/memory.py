@@ -9,6 +9,7 @@ reads its tables through :func:`huge_page_copy`, for our kernels and the baselin
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 
@@ -32,10 +33,8 @@ def huge_page_empty(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     if nbytes < HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.empty(shape, dtype=dtype)
     buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
+    with contextlib.suppress(OSError):  # THP not built into this kernel: ordinary pages
         buffer.madvise(mmap.MADV_HUGEPAGE)
-    except OSError:
-        pass  # THP not built into this kernel: ordinary pages
     # Raw bytes viewed as the dtype (numpy has no bfloat16); the array keeps the mapping alive for
     # as long as the tensor lives.
     raw = torch.from_numpy(np.frombuffer(buffer, dtype=np.uint8))

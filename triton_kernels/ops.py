@@ -33,13 +33,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ncnc.triton_kernels import library  # registers torch.ops.ncnc.*
 from ncnc.triton_kernels.common_neighbors import (
     NeighborSplit,
     RaggedSet,
     concat_ragged_reference,
     endpoint_product_reference,
 )
-from ncnc.triton_kernels import library  # registers torch.ops.ncnc.*
 from ncnc.triton_kernels.graph import validate_csr
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -98,7 +98,10 @@ def _validate_graph_once(indptr: Tensor, indices: Tensor) -> None:
     ):
         return
     validate_csr(indptr, indices)
-    forget = lambda _ref: _validated.pop(key, None)  # noqa: E731
+
+    def forget(_ref: weakref.ref) -> None:
+        _validated.pop(key, None)
+
     _validated[key] = (
         weakref.ref(indptr, forget),
         weakref.ref(indices, forget),

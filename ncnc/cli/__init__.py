@@ -1,6 +1,7 @@
-"""The ``ncnc`` command line: a thin click group, each command one library call.
+"""The ``ncnc`` command line: a thin click group, each command one call of the Python API.
 
-Stages are imported inside each command so that, e.g., ``ncnc score --help`` loads no training code.
+The API (:mod:`ncnc`) imports each stage on first use, so that, e.g., ``ncnc score --help`` and
+``ncnc score`` load no training code.
 
 Exit codes: 0 success; 1 internal failure (a bug or an environment problem, with traceback);
 2 bad input or usage (one line naming the problem).
@@ -11,12 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
+import ncnc
 from ncnc.core.errors import InputError
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -81,10 +84,7 @@ def train(model_kind: str, out: Path, dataset: str | None, data_root: Path | Non
           val_fraction: float | None, test_fraction: float | None, device: str,
           quiet: bool) -> None:
     """Train a GAE, NCN or NCNC model and write a checkpoint directory."""
-    from ncnc.trainer.api import TrainRequest
-    from ncnc.trainer.api import train as run_train
-
-    summary = run_train(TrainRequest(
+    summary = ncnc.train(ncnc.TrainRequest(
         model=model_kind, out=out, dataset=dataset, data_root=data_root, edges=edges,
         features=features, config_file=config_file, device=device, progress=not quiet,
         model_overrides={"hidden": hidden},
@@ -102,10 +102,7 @@ def train(model_kind: str, out: Path, dataset: str | None, data_root: Path | Non
 @_user_errors_exit_2
 def evaluate(checkpoint: Path, pos: Path | None, neg: Path | None, device: str) -> None:
     """Print hits@20/50/100, mrr, auc as one JSON object (default: the checkpoint's test split)."""
-    from ncnc.trainer.api import evaluate as run_evaluate
-
-    click.echo(json.dumps(run_evaluate(checkpoint, pos, neg, device)))
-
+    click.echo(json.dumps(ncnc.evaluate(checkpoint, pos, neg, device)))
 
 
 @cli.command()
@@ -117,9 +114,7 @@ def evaluate(checkpoint: Path, pos: Path | None, neg: Path | None, device: str) 
 @_user_errors_exit_2
 def export(checkpoint: Path, out: Path, edges: Path | None) -> None:
     """Export a checkpoint into a validated, self-contained scoring bundle."""
-    from ncnc.exporter import export_bundle
-
-    manifest = export_bundle(checkpoint, out, edges)
+    manifest = ncnc.export(checkpoint, out, edges)
     click.echo(json.dumps({"bundle": str(out), "parity": manifest["parity"]}))
 
 
@@ -147,7 +142,7 @@ def export(checkpoint: Path, out: Path, edges: Path | None) -> None:
 @click.option("--resume-every", type=click.IntRange(min=1), default=1 << 20,
               help="With --resume: input rows per committed chunk of work.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
-              help="local: this process; ray: actors of a Ray cluster (pip install 'ncnc[ray]'), "
+              help="local: this process; ray: actors of a Ray cluster (pip install 'ncnc-toolchain[ray]'), "
                    "same output.")
 @click.option("--ray-address", metavar="ADDR",
               help="With --engine ray: the cluster to join (e.g. auto, ray://head:10001); default "
@@ -161,23 +156,23 @@ def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out
           report: Path | None, resume: bool, resume_every: int, engine: str,
           ray_address: str | None, num_workers: int | None, quiet: bool) -> None:
     """Score candidate pairs from Parquet into Parquet, streaming; print the report as JSON."""
-    from ncnc.scorer.job import ScoreRequest, score_pairs
-
     if per_source and top_k is None:
         raise click.UsageError("--per-source needs --top-k")
     if engine == "local" and (ray_address is not None or num_workers is not None):
         raise click.UsageError("--ray-address and --num-workers need --engine ray")
-    request = ScoreRequest(
-        bundle=bundle, pairs=[*pairs, *more_pairs], out=out, top_k=top_k, per_source=per_source,
-        batch_size=batch_size, device=device, on_unknown=on_unknown, report=report,
-        progress=not quiet, resume=resume, resume_every=resume_every,
-    )
+    if engine == "ray" and resume:
+        raise click.UsageError("--resume works with --engine local only")
+    options = dict(top_k=top_k, per_source=per_source, batch_size=batch_size,
+                   on_unknown=on_unknown, report=report, progress=not quiet)
     if engine == "ray":
-        from ncnc.scorer.ray_engine import RayOptions, score_pairs_ray
+        from ncnc.scorer.ray_engine import RayOptions, score_files_ray
 
-        result = score_pairs_ray(request, RayOptions(ray_address, num_workers))
+        result = score_files_ray(bundle, [*pairs, *more_pairs], out, device=device,
+                                 options=RayOptions(ray_address, num_workers), **options)
     else:
-        result = score_pairs(request)
+        scorer = ncnc.load_bundle(bundle).scorer(device=device)
+        result = scorer.score_parquet([*pairs, *more_pairs], out, resume=resume,
+                                      resume_every=resume_every, **options)
     click.echo(json.dumps(result))
 
 
@@ -200,9 +195,7 @@ def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out
 def candidates(bundle: Path, out: Path, nodes: Path | None, both_directions: bool,
                max_per_node: int | None, common_neighbors: bool, quiet: bool) -> None:
     """Write the non-adjacent node pairs two hops apart (the pairs worth scoring)."""
-    from ncnc.scorer.candidates import write_candidates
-
-    click.echo(json.dumps(write_candidates(
+    click.echo(json.dumps(ncnc.candidates(
         bundle, out, nodes=nodes, both_directions=both_directions, max_per_node=max_per_node,
         common_neighbors=common_neighbors, progress=not quiet,
     )))

@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 import torch
 
-from ncnc.exporter import ExportConfig, ExportValidationError, export_bundle
 from ncnc.core.errors import InputError
+from ncnc.exporter import ExportConfig, ExportValidationError, export_bundle
 from ncnc.scorer.bundle import PROGRAM_FILE, load_bundle
 from ncnc.scorer.engine import BatchScorer
 from ncnc.trainer.checkpoint import load_checkpoint

@@ -57,7 +57,7 @@ def test_id_lookup_agrees_with_a_dict(ids, sorted_ids):
 
 def test_score_table_keeps_rows_and_extra_columns(fake_scorer, string_ids):
     pairs = random_pairs(string_ids, 9).with_columns(label=pl.int_range(9))
-    scored = score_table(fake_scorer, string_ids, pairs.to_arrow())  # Arrow in, polars out
+    scored = score_table(fake_scorer, string_ids, pairs)
     assert scored.columns == ["src", "dst", "label", "score", "prob"]
     assert scored.equals(expected_scores(string_ids, pairs))
 

@@ -174,7 +174,7 @@ def test_engine_ray_without_ray_installed_exits_2_with_the_install_hint(monkeypa
                                       "--engine", "ray"])
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines() == [
-        "error: --engine ray needs Ray Data, which is not installed: pip install 'ncnc[ray]'"]
+        "error: --engine ray needs Ray Data, which is not installed: pip install 'ncnc-toolchain[ray]'"]
     assert not out.exists()
 
 
@@ -187,7 +187,8 @@ def test_ray_only_options_need_engine_ray(tmp_path):
 def test_importing_the_scorer_and_the_cli_does_not_import_ray():
     import subprocess
 
-    code = ("import sys, ncnc.cli, ncnc.scorer.job, ncnc.scorer.stream, ncnc.scorer.engine, ncnc.scorer.ray_engine\n"
+    code = ("import sys, ncnc.cli, ncnc.scorer.job, ncnc.scorer.inputs, ncnc.scorer.engine, "
+            "ncnc.scorer.ray_engine\n"
             "print('ray' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)

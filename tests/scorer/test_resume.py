@@ -20,7 +20,6 @@ from ncnc.cli import cli
 from ncnc.core.errors import InputError
 from ncnc.scorer.job import score_files
 from ncnc.scorer.resume import ResumeStore, job_fingerprint, resume_folder
-from ncnc.scorer.stream import remove_stale_temporaries
 from tests.scorer.conftest import FakeScorer, random_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,7 +118,7 @@ def test_a_second_run_on_the_same_output_is_refused_while_one_works(input_files,
                                                                      tmp_path):
     out = tmp_path / "out.parquet"
     with ResumeStore(out, "some other run"):
-        with pytest.raises(InputError, match="another ncnc score run is working on it"):
+        with pytest.raises(InputError, match="another ncnc run is writing it"):
             score(input_files, out, FakeScorer(), string_ids, resume=True)
     score(input_files, out, FakeScorer(), string_ids, resume=True)  # the lock is gone with it
     assert pl.read_parquet(out).height == 423
@@ -127,18 +126,35 @@ def test_a_second_run_on_the_same_output_is_refused_while_one_works(input_files,
 
 def test_temporary_files_of_killed_writers_are_removed(input_files, string_ids, tmp_path):
     out = tmp_path / "out.parquet"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    stale = tmp_path / f".out.parquet.tmp-{dead}"
+    stale = tmp_path / f".out.parquet.tmp-{os.getpid()}-0000"  # nobody holds its lock
     stale.write_bytes(b"half a file")
-    alive = tmp_path / f".out.parquet.tmp-{os.getppid()}"  # a running process's file is kept
-    alive.write_bytes(b"in progress")
     score(input_files, out, FakeScorer(), string_ids)
-    assert not stale.exists() and alive.exists()
-    staging = tmp_path / f".bundle.tmp-{dead}"  # an export's staging folder
-    (staging / "sub").mkdir(parents=True)
-    remove_stale_temporaries(tmp_path / "bundle")
-    assert not staging.exists()
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
+
+
+def test_a_damaged_committed_chunk_is_redone_with_a_warning(input_files, string_ids, tmp_path,
+                                                             caplog):
+    # Regression: a committed chunk cut short (as a power loss leaves it) made every later
+    # --resume run fail until someone deleted the hidden folder by hand.
+    out = tmp_path / "out.parquet"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        score(input_files, out, CrashingScorer(crash_at=10), string_ids, resume=True,
+              resume_every=50)
+    folder = resume_folder(out)
+    committed = json.loads((folder / "state.json").read_text())["chunks"]
+    assert len(committed) == 3  # rows 0-59, 60-99, 100-159 (batches of 20 from chunk starts)
+    second = folder / f"chunk-{committed[1]['index']:08d}.parquet"
+    second.write_bytes(second.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING):
+        report = score(input_files, out, FakeScorer(), string_ids, resume=True,
+                       resume_every=50)
+    assert "missing or damaged" in caplog.text
+    # Only the chunk before the damaged one was reused.
+    assert report["rows_resumed"] == committed[0]["end_row"] == 60
+    expected = score(input_files, tmp_path / "plain.parquet", FakeScorer(), string_ids)
+    assert pl.read_parquet(out).equals(pl.read_parquet(tmp_path / "plain.parquet"))
+    assert expected["rows_written"] == report["rows_written"]
 
 
 def test_sigkilled_cli_run_resumes_to_the_uninterrupted_output(bundle_dir, tmp_path):

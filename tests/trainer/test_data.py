@@ -15,8 +15,8 @@ import torch
 from ncnc.core.errors import InputError
 from ncnc.trainer import data
 from ncnc.trainer.data import IdMap, load_edge_list, load_planetoid, read_pairs
-
 from tests.conftest import PLANETOID
+
 needs_cora = pytest.mark.skipif(
     not (PLANETOID / "Cora" / "raw").is_dir(), reason="Cora raw files not available"
 )

@@ -8,7 +8,12 @@ import torch
 
 from ncnc.core.errors import InputError
 from ncnc.trainer import splits
-from ncnc.trainer.splits import EdgeSplit, random_edge_split, sample_negatives, reference_planetoid_split
+from ncnc.trainer.splits import (
+    EdgeSplit,
+    random_edge_split,
+    reference_planetoid_split,
+    sample_negatives,
+)
 
 
 def _graph(num_nodes: int, num_edges: int, seed: int = 0) -> torch.Tensor:
@@ -158,7 +163,10 @@ def test_reference_planetoid_split_follows_the_official_protocol():
     split = reference_planetoid_split(edges, n, seed=0)
     assert (split.train.size(0), split.valid.size(0), split.test.size(0)) == (280, 40, 80)
     assert split.valid_neg.size(0) == 80 and split.test_neg.size(0) == 80  # 20% worth each
-    keys = lambda e: set((e[:, 0] * n + e[:, 1]).tolist())  # noqa: E731
+
+    def keys(e: torch.Tensor) -> set[int]:
+        return set((e[:, 0] * n + e[:, 1]).tolist())
+
     assert keys(split.train) | keys(split.valid) | keys(split.test) == keys(edges)
     assert not keys(split.train) & keys(split.test) and not keys(split.valid) & keys(split.test)
     assert not (keys(split.valid_neg) | keys(split.test_neg)) & keys(edges)

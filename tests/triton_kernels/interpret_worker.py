@@ -11,6 +11,7 @@ the child's traceback.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing as mp
 import os
@@ -41,7 +42,7 @@ def _serve(conn) -> None:
         name, args = _loads(message)
         try:
             reply = ("ok", getattr(kernels, name)(*args))
-        except Exception:  # noqa: BLE001  (sent back whole to the test process)
+        except Exception:
             reply = ("err", traceback.format_exc())
         conn.send_bytes(_dumps(reply))
 
@@ -84,10 +85,8 @@ class InterpretedKernels:
         return call
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._conn.send_bytes(b"")
-        except OSError:
-            pass
         self._process.join(timeout=10)
         if self._process.is_alive():
             self._process.kill()

@@ -1,13 +1,12 @@
-"""Parquet in and out for batch jobs, in bounded memory.
+"""The first room of a scoring job: the user's pair files, read in bounded memory.
 
-- :func:`expand_inputs` turns the user's paths (files, folders, globs) into an ordered file list.
-- :func:`inspect_pair_files` checks every file's schema up front (so one bad file among many fails
-  before any work) and counts the rows from the footers.
+- :func:`open_inputs` turns the user's paths (files, folders, patterns) into an ordered file list
+  and checks every file's schema up front (one bad file among many fails before any work),
+  counting the rows from the footers (:class:`PairInputs`).
 - :func:`iter_pair_batches` streams ``src``, ``dst`` in batches of a fixed number of rows
   (``pl.scan_parquet(...).collect_batches``: the fastest bounded reader we measured, see
   docs/toolchain-notes.md), numbering rows globally across files.
-- :class:`AtomicParquetWriter` writes frames incrementally under a temporary name in the
-  destination folder and renames the file into place only when the whole job succeeded.
+- :func:`node_pairs` maps a batch's ids to node indices.
 
 Every problem with the user's files raises :class:`~ncnc.core.errors.InputError` naming the file, the
 column and the first bad values.
@@ -15,32 +14,32 @@ column and the first bad values.
 
 from __future__ import annotations
 
-import contextlib
 import glob
-import os
-import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from typing import Literal
 
+import numpy as np
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ncnc.core.errors import InputError
-from ncnc.core.ids import id_kind
-from ncnc.core.errors import examples
+from ncnc.core.errors import InputError, examples
+from ncnc.core.ids import IdMap, id_kind
 
 PAIR_COLUMNS = ("src", "dst")
 GLOB_CHARS = frozenset("*?[")
 
 
+OnUnknown = Literal["error", "skip"]
+
+
 def expand_inputs(paths: Iterable[Path | str]) -> list[Path]:
     """The Parquet files named by ``paths``, in order.
 
-    Each path is a file (taken as is), a folder (its ``*.parquet`` files, sorted by name; names
-    starting with ``.`` or ``_`` are skipped, as Spark and Hive write markers there) or a glob
+    A path that exists is taken literally, whatever characters its name holds: a file as is, a
+    folder as its ``*.parquet`` files sorted by name (names starting with ``.`` or ``_`` are
+    skipped, as Spark and Hive write markers there). Only a path that does not exist is a glob
     pattern (its matches, sorted). Files appear in the order the paths were given.
 
     Raises:
@@ -50,12 +49,14 @@ def expand_inputs(paths: Iterable[Path | str]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.glob("*.parquet")
-                           if p.is_file() and not p.name.startswith((".", "_")))
+            # iterdir, not glob: the folder's own name may hold pattern characters.
+            found = sorted(p for p in path.iterdir()
+                           if p.suffix == ".parquet" and p.is_file()
+                           and not p.name.startswith((".", "_")))
             if not found:
                 raise InputError(f"pairs folder {path}: holds no *.parquet file")
             files.extend(found)
-        elif path.is_file():
+        elif path.exists():
             files.append(path)
         elif GLOB_CHARS & set(str(raw)):
             found = sorted(Path(p) for p in glob.glob(str(raw), recursive=True) if Path(p).is_file())
@@ -105,6 +106,29 @@ def inspect_pair_files(files: Sequence[Path], *, id_kind_expected: str) -> list[
                 )
         counts.append(rows)
     return counts
+
+
+@dataclass(frozen=True)
+class PairInputs:
+    """The checked input of a job: its files in order and their row counts (from the footers)."""
+
+    files: list[Path]
+    row_counts: list[int]
+
+    @property
+    def rows(self) -> int:
+        return sum(self.row_counts)
+
+
+def open_inputs(paths: Sequence[Path | str], id_map: IdMap) -> PairInputs:
+    """Expand ``paths`` (:func:`expand_inputs`) and check every file (:func:`inspect_pair_files`).
+
+    Raises:
+        InputError: a path names nothing, or a file is not Parquet of ``src``, ``dst`` ids of
+            ``id_map``'s kind.
+    """
+    files = expand_inputs(paths)
+    return PairInputs(files, inspect_pair_files(files, id_kind_expected=id_map.kind))
 
 
 @dataclass(frozen=True)
@@ -207,118 +231,34 @@ def check_no_nulls(frame: pl.DataFrame, *, what: str, first_row: int = 0) -> Non
             )
 
 
-def refuse_overwriting(out: Path, inputs: Iterable[Path]) -> None:
-    """Raise :class:`InputError` when ``out`` is a folder or one of ``inputs``."""
-    if out.is_dir():
-        raise InputError(f"output {out}: is a folder; give a file name such as {out / 'out.parquet'}")
-    target = out.resolve()
-    for path in inputs:
-        if path.resolve() == target or (out.exists() and os.path.samefile(path, out)):
-            raise InputError(f"output {out}: is also an input; write the result elsewhere")
+def node_pairs(frame: pl.DataFrame, id_map: IdMap, *, what: str, on_unknown: OnUnknown
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Map the ``src``, ``dst`` ids of ``frame`` to node indices.
 
+    Returns:
+        ``(pairs, known)``: ``[B', 2]`` int64 node indices of the rows to score, and the ``[B]``
+        bool mask of those rows (``None`` when every row is kept).
 
-class AtomicParquetWriter:
-    """Write polars frames to one Parquet file, all or nothing.
-
-    Rows go to ``.<name>.tmp-<pid>`` beside ``out`` (same folder, so the final rename is atomic)
-    through :class:`pyarrow.parquet.ParquetWriter`; small frames are gathered into row groups of
-    about ``row_group_rows`` rows. Leaving the ``with`` block normally renames the file to ``out``
-    (replacing an earlier one); leaving it by an exception deletes the temporary file, so ``out``
-    keeps whatever it held before.
-
-    Example::
-
-        with AtomicParquetWriter(out, schema) as writer:
-            for frame in frames:
-                writer.write(frame)
+    Raises:
+        InputError: a column is missing or holds nulls or ids of the other kind, or (with
+            ``on_unknown="error"``) an id is not a node of the graph.
     """
-
-    def __init__(self, out: Path, schema: pl.Schema | dict[str, pl.DataType], *,
-                 row_group_rows: int = 1 << 19, compression: str = "zstd") -> None:
-        self.out = Path(out)
-        self.schema = pl.Schema(schema)
-        self.temp = temporary_path(self.out)
-        self.row_group_rows = row_group_rows
-        self.compression = compression
-        self.rows_written = 0
-        self._pending: list[pl.DataFrame] = []
-        self._pending_rows = 0
-        self._writer: pq.ParquetWriter | None = None
-
-    def __enter__(self) -> AtomicParquetWriter:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.out)
-        arrow_schema = pl.DataFrame(schema=self.schema).to_arrow().schema
-        # No dictionary pages: on scores and ids they cost 2-4x the write time for no smaller file.
-        self._writer = pq.ParquetWriter(self.temp, arrow_schema, compression=self.compression,
-                                        use_dictionary=False)
-        return self
-
-    def write(self, frame: pl.DataFrame) -> None:
-        """Append ``frame`` (columns and dtypes exactly as ``schema``)."""
-        if frame.schema != self.schema:
-            raise ValueError(f"frame schema {frame.schema} differs from the file's {self.schema}")
-        if frame.height == 0:
-            return
-        self._pending.append(frame)
-        self._pending_rows += frame.height
-        if self._pending_rows >= self.row_group_rows:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        assert self._writer is not None, "write() outside the with block"
-        table: pa.Table = pl.concat(self._pending, rechunk=False).to_arrow()
-        # One row group per flush, except that a single huge frame is cut into several.
-        self._writer.write_table(table, row_group_size=2 * self.row_group_rows)
-        self.rows_written += table.num_rows
-        self._pending, self._pending_rows = [], 0
-
-    def _close(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        committed = False
-        try:
-            if exc_type is None:
-                self._flush()
-                self._close()
-                os.replace(self.temp, self.out)
-                committed = True
-        finally:
-            if not committed:
-                with contextlib.suppress(Exception):
-                    self._close()
-                self.temp.unlink(missing_ok=True)
-
-
-def temporary_path(out: Path) -> Path:
-    """Where this process writes ``out`` before renaming it into place (same folder: the rename
-    is atomic; a dot name: readers of the folder skip it; the pid: stale ones can be found)."""
-    return out.parent / f".{out.name}.tmp-{os.getpid()}"
-
-
-def remove_stale_temporaries(out: Path) -> None:
-    """Delete the temporary files or folders of earlier writers of ``out`` that were killed
-    before they could clean up (their process is gone)."""
-    for path in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
-        pid = path.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
+    missing = [c for c in PAIR_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputError(f"{what}: missing column(s) {', '.join(missing)}"
+                         f" (columns present: {', '.join(frame.columns) or 'none'})")
+    check_no_nulls(frame.select(PAIR_COLUMNS), what=what)
+    # Element-wise work in numpy: tiny torch ops pay a thread-pool handoff (ms on a busy machine).
+    index, known = [], np.ones(frame.height, dtype=bool)
+    for column in PAIR_COLUMNS:
+        values, what_column = frame[column], f"{what} column {column}"
+        if on_unknown == "error":
+            index.append(id_map.to_index(values, what=what_column).numpy())
+        else:
+            idx, ok = id_map.lookup(values, what=what_column)
+            index.append(idx.numpy())
+            known &= ok.numpy()
+    pairs = np.stack(index, 1) if frame.height else np.zeros((0, 2), dtype=np.int64)
+    if known.all():
+        return pairs, None
+    return pairs[known], known

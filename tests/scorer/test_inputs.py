@@ -1,20 +1,12 @@
-"""Parquet streaming: input expansion, bounded batches equal one in-memory read, atomic output."""
+"""A job's inputs: path expansion, file checks, bounded batches equal one in-memory read."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import polars as pl
 import pytest
 
 from ncnc.core.errors import InputError
-from ncnc.scorer.stream import (
-    AtomicParquetWriter,
-    expand_inputs,
-    inspect_pair_files,
-    iter_pair_batches,
-    refuse_overwriting,
-)
+from ncnc.scorer.inputs import expand_inputs, inspect_pair_files, iter_pair_batches
 from tests.scorer.conftest import random_pairs
 
 
@@ -135,53 +127,12 @@ def test_truncated_and_corrupted_files_are_input_errors(tmp_path, write_pairs, s
         list(iter_pair_batches([corrupted], 1000, row_counts=[5000]))
 
 
-def test_refuse_overwriting_an_input_or_a_folder(tmp_path, write_pairs, string_ids):
-    path = write_pairs(random_pairs(string_ids, 3), "in.parquet")
-    with pytest.raises(InputError, match="is also an input"):
-        refuse_overwriting(tmp_path / "." / "in.parquet", [path])
-    with pytest.raises(InputError, match="is a folder"):
-        refuse_overwriting(tmp_path, [path])
-    refuse_overwriting(tmp_path / "out.parquet", [path])
-
-
-SCHEMA = {"a": pl.Int64(), "b": pl.String()}
-
-
-def test_atomic_writer_writes_all_frames_in_row_groups(tmp_path):
-    out = tmp_path / "sub" / "out.parquet"
-    frames = [pl.DataFrame({"a": list(range(k, k + 5)), "b": ["x"] * 5}, schema=SCHEMA)
-              for k in range(0, 50, 5)]
-    with AtomicParquetWriter(out, SCHEMA, row_group_rows=12) as writer:
-        for frame in frames:
-            writer.write(frame)
-        assert not out.exists()
-    assert pl.read_parquet(out).equals(pl.concat(frames))
-    assert writer.rows_written == 50
-    import pyarrow.parquet as pq
-    assert pq.ParquetFile(out).metadata.num_row_groups == 4  # 15 + 15 + 15 + 5 rows
-    assert [p.name for p in out.parent.iterdir()] == ["out.parquet"]
-
-
-def test_atomic_writer_empty_output_has_the_schema(tmp_path):
-    with AtomicParquetWriter(tmp_path / "out.parquet", SCHEMA):
-        pass
-    assert pl.read_parquet(tmp_path / "out.parquet").schema == pl.Schema(SCHEMA)
-
-
-def test_atomic_writer_failure_keeps_the_earlier_output(tmp_path):
-    out = tmp_path / "out.parquet"
-    earlier = pl.DataFrame({"a": [1], "b": ["old"]})
-    earlier.write_parquet(out)
-    with pytest.raises(RuntimeError, match="boom"):
-        with AtomicParquetWriter(out, SCHEMA, row_group_rows=1) as writer:
-            writer.write(pl.DataFrame({"a": [2, 3], "b": ["new", "new"]}))
-            raise RuntimeError("boom")
-    assert pl.read_parquet(out).equals(earlier)
-    assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
-
-
-def test_atomic_writer_rejects_another_schema(tmp_path):
-    with pytest.raises(ValueError, match="differs"):
-        with AtomicParquetWriter(tmp_path / "out.parquet", SCHEMA) as writer:
-            writer.write(pl.DataFrame({"a": [1.0], "b": ["x"]}))
-    assert not any(Path(tmp_path).iterdir())
+def test_paths_that_exist_are_never_read_as_patterns(tmp_path, write_pairs, string_ids):
+    # Regression: pairs[1].parquet was globbed to pairs1.parquet, a folder run[7] was refused.
+    literal = write_pairs(random_pairs(string_ids, 3, seed=1), "pairs[1].parquet")
+    write_pairs(random_pairs(string_ids, 4, seed=2), "pairs1.parquet")
+    inside = write_pairs(random_pairs(string_ids, 5, seed=3), "run[7]/part-0.parquet")
+    star = write_pairs(random_pairs(string_ids, 2, seed=4), "odd*name?.parquet")
+    assert expand_inputs([literal, tmp_path / "run[7]", star]) == [literal, inside, star]
+    # A path that does not exist is a pattern.
+    assert expand_inputs([str(tmp_path / "pairs[0-9].parquet")]) == [tmp_path / "pairs1.parquet"]

@@ -1,0 +1,217 @@
+"""The last room of a scoring job: scored rows, their ranking, the Parquet writer, the report.
+
+Output columns: ``src``, ``dst`` (original ids, in the graph's id dtype: Int64 or String),
+``score`` (the logit, Float32), ``prob`` (``sigmoid(score)``, Float32), and with a top K ``rank``
+(Int64, 1 = best). Without a top K, rows keep input order (files in the order given, folders and
+patterns sorted by name, rows in file order). With a top K the rows are sorted by rank (globally),
+or by source and rank (``per_source``); see :mod:`ncnc.scorer.ranking` for the tie rule: a higher
+score first, equal scores by input position, the earlier first.
+
+Files are written at paths a :class:`ncnc.core.files.Publication` staged: this module writes,
+the publication makes the result appear whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from ncnc.core.ids import IdMap
+from ncnc.scorer.inputs import PAIR_COLUMNS
+from ncnc.scorer.ranking import RANK, RunningTopK
+from ncnc.triton_kernels.completion import reproducible_sigmoid
+
+ROW = "row"  # a kept row's position over all inputs: the tie-break of the ranking
+SKIPPED_UNKNOWN = "unknown_id"  # reason key in the report's "skipped"
+
+
+def output_schema(id_map: IdMap, *, ranked: bool) -> pl.Schema:
+    """Columns and dtypes of the file a scoring job writes."""
+    columns: dict[str, pl.DataType] = {"src": id_map.ids.dtype, "dst": id_map.ids.dtype,
+                                       "score": pl.Float32(), "prob": pl.Float32()}
+    if ranked:
+        columns[RANK] = pl.Int64()
+    return pl.Schema(columns)
+
+
+def with_scores(frame: pl.DataFrame, logits: torch.Tensor | np.ndarray, id_map: IdMap
+                ) -> pl.DataFrame:
+    """``frame`` (its ``src``, ``dst`` cast to the graph's id dtype) plus ``score`` and ``prob``.
+
+    Raises:
+        RuntimeError: the scorer returned another number of logits than ``frame`` has rows.
+    """
+    if isinstance(logits, torch.Tensor):
+        logits = logits.detach().to("cpu", torch.float32).reshape(-1).numpy()
+    logits = np.asarray(logits, dtype=np.float32).reshape(-1)
+    if logits.size != frame.height:
+        raise RuntimeError(f"scorer returned {logits.size} logits for {frame.height} pairs")
+    # Not np.exp: its vectorised and scalar paths differ in the last bit, so a pair's prob
+    # would depend on its place in the batch.
+    prob = reproducible_sigmoid(torch.from_numpy(logits)).to(torch.float32).numpy()
+    return frame.with_columns(
+        pl.col(c).cast(id_map.ids.dtype) for c in PAIR_COLUMNS
+    ).with_columns(
+        pl.Series("score", logits, dtype=pl.Float32),
+        pl.Series("prob", prob, dtype=pl.Float32),
+    )
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What a job writes: the columns, and which rows with a top K (every engine shares it)."""
+
+    id_map: IdMap
+    top_k: int | None = None
+    per_source: bool = False
+
+    @property
+    def schema(self) -> pl.Schema:
+        """Columns of the output file."""
+        return output_schema(self.id_map, ranked=self.top_k is not None)
+
+    @property
+    def kept_schema(self) -> pl.Schema:
+        """Columns of the rows a top K keeps: the output's, with the input position for rank."""
+        return pl.Schema({**{k: v for k, v in self.schema.items() if k != RANK}, ROW: pl.Int64()})
+
+    def new_top(self) -> RunningTopK | None:
+        """An empty running top K of this output (None without a top K)."""
+        if self.top_k is None:
+            return None
+        top = RunningTopK(self.top_k, by="src" if self.per_source else None)
+        top.push(pl.DataFrame(schema=self.kept_schema))  # the columns, even of an empty stream
+        return top
+
+    def ranked(self, kept: pl.DataFrame) -> pl.DataFrame:
+        """The output rows of the top K among ``kept`` rows (with ``rank``)."""
+        top = self.new_top()
+        if top is None:
+            raise ValueError("OutputSpec.ranked: the output has no top K")
+        top.push(kept)
+        return top.result().select(self.schema.names())
+
+
+class ParquetRowWriter:
+    """Append polars frames to one Parquet file (at a path a Publication staged).
+
+    Small frames are gathered into row groups of about ``row_group_rows`` rows. Leaving the
+    ``with`` block closes the file (its footer written); the caller's Publication then publishes
+    it, or removes it on failure.
+
+    Example::
+
+        with Publication() as outputs:
+            with ParquetRowWriter(outputs.file(out), schema) as writer:
+                for frame in frames:
+                    writer.write(frame)
+            outputs.publish()
+    """
+
+    def __init__(self, path: Path, schema: pl.Schema | dict[str, pl.DataType], *,
+                 row_group_rows: int = 1 << 19, compression: str = "zstd") -> None:
+        self.path = Path(path)
+        self.schema = pl.Schema(schema)
+        self.row_group_rows = row_group_rows
+        self.rows_written = 0
+        self._pending: list[pl.DataFrame] = []
+        self._pending_rows = 0
+        arrow_schema = pl.DataFrame(schema=self.schema).to_arrow().schema
+        # No dictionary pages: on scores and ids they cost 2-4x the write time for no smaller file.
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
+            self.path, arrow_schema, compression=compression, use_dictionary=False)
+
+    def __enter__(self) -> ParquetRowWriter:
+        return self
+
+    def write(self, frame: pl.DataFrame) -> None:
+        """Append ``frame`` (columns and dtypes exactly as ``schema``)."""
+        if frame.schema != self.schema:
+            raise ValueError(f"frame schema {frame.schema} differs from the file's {self.schema}")
+        if frame.height == 0:
+            return
+        self._pending.append(frame)
+        self._pending_rows += frame.height
+        if self._pending_rows >= self.row_group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        if self._writer is None:
+            raise ValueError(f"{self.path}: write() after the writer was closed")
+        table: pa.Table = pl.concat(self._pending, rechunk=False).to_arrow()
+        # One row group per flush, except that a single huge frame is cut into several.
+        self._writer.write_table(table, row_group_size=2 * self.row_group_rows)
+        self.rows_written += table.num_rows
+        self._pending, self._pending_rows = [], 0
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._writer is None:
+            return
+        try:
+            if exc_type is None:
+                self._flush()
+        finally:
+            writer, self._writer = self._writer, None
+            writer.close()
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """Write ``document`` as indented JSON (at a path a Publication staged)."""
+    with open(path, "w") as f:  # "w", not a rename-based write: the path may be /dev/stdout
+        f.write(json.dumps(document, indent=2) + "\n")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB.
+
+    Linux: ``VmHWM`` of /proc/self/status. ``ru_maxrss`` is not used there because it survives
+    ``exec``: a scorer started by a large parent process would report the parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes vs KiB
+
+
+def job_report(files: Sequence[Path], out: Path, row_counts: Sequence[int], rows_scored: int,
+               rows_written: int, *, rows_resumed: int, top_k: int | None, per_source: bool,
+               batch_size: int, seconds: float) -> dict[str, Any]:
+    """The report of a finished job (fields: see :func:`ncnc.scorer.job.score_files`)."""
+    rows_read = sum(row_counts)
+    skipped = rows_read - rows_scored
+    return {
+        "inputs": [str(f) for f in files],
+        "output": str(out),
+        "rows_read": rows_read,
+        "rows_scored": rows_scored,
+        "rows_skipped": skipped,
+        "skipped": {SKIPPED_UNKNOWN: skipped} if skipped else {},
+        "rows_written": rows_written,
+        "rows_resumed": rows_resumed,
+        "top_k": top_k,
+        "per_source": per_source,
+        "batch_size": batch_size,
+        "seconds": round(seconds, 3),
+        "pairs_per_second": (round((rows_read - rows_resumed) / seconds, 1)
+                             if seconds > 0 else None),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+    }
