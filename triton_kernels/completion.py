@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ncnc.triton_kernels import library
 from ncnc.triton_kernels.common_neighbors import RaggedSet
 from ncnc.triton_kernels.ops import concat_ragged, neighbor_split, weighted_gather_sum
 
@@ -46,6 +47,15 @@ _SATURATE = 110.0  # exp(-110) rounds to 0 in float32
 
 
 def reproducible_sigmoid(z: Tensor) -> Tensor:
+    """:func:`reproducible_sigmoid_reference`, on the CPU (outside autograd and tracing) in one
+    compiled pass that gives the same bits."""
+    if (z.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not (z.requires_grad and torch.is_grad_enabled())):
+        return library.cpu.reproducible_sigmoid_cpu(z)
+    return reproducible_sigmoid_reference(z)
+
+
+def reproducible_sigmoid_reference(z: Tensor) -> Tensor:
     """``sigmoid(z)`` in float64 from additions, multiplications and divisions only.
 
     ``torch.sigmoid`` (and ``exp``) on the CPU take a vectorised path for most elements and a

@@ -1,0 +1,32 @@
+"""The batch engine: the head runs through onnxruntime's IOBinding on torch tensors, with the
+same logits as a plain session run; the engine scores any batch size with the same bits."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import ncnc
+from ncnc.scorer.engine import OnnxHead
+
+
+def test_the_bound_head_gives_the_plain_runs_logits(bundle_dir):
+    head = OnnxHead(bundle_dir / "head.onnx", torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    hidden = ncnc.load_bundle(bundle_dir).spec.hidden
+    for batch in (1, 7, 1000):
+        cn, xij = torch.randn(2, batch, hidden, generator=generator)
+        bound = head(cn, xij)
+        (plain,) = head.session.run(None, {"cn": cn.numpy(), "xij": xij.numpy()})
+        assert bound.dtype == torch.float32 and bound.shape == (batch,)
+        assert np.array_equal(bound.numpy(), plain)
+
+
+def test_non_contiguous_and_float64_inputs_are_bound_as_float32(bundle_dir):
+    head = OnnxHead(bundle_dir / "head.onnx", torch.device("cpu"))
+    hidden = ncnc.load_bundle(bundle_dir).spec.hidden
+    cn = torch.randn(hidden, 20, dtype=torch.float64).t()  # a transposed view
+    xij = torch.randn(20, hidden, dtype=torch.float64)
+    (plain,) = head.session.run(None, {"cn": cn.float().numpy().copy(),
+                                       "xij": xij.float().numpy()})
+    assert np.array_equal(head(cn, xij).numpy(), plain)
