@@ -356,7 +356,7 @@ def score_files(scorer: PairScorer, id_map: IdMap, pairs: Sequence[Path | str], 
             _, rows_scored, kept = job.score(
                 iter_pair_batches(inputs.files, batch_size, row_counts=inputs.row_counts), writer)
             if kept is not None:
-                writer.write(job.output.ranked(kept))
+                writer.write(job.output.ranked(kept, merged=True))
         return JobCounts(0, rows_scored, writer.rows_written)
 
     document = publish_job(inputs, out, report=report, report_fields=report_fields or {},
