@@ -191,6 +191,9 @@ def export(checkpoint: Path, out: Path, edges: Path | None) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=65536,
               help="Pairs read and scored at a time.")
 @click.option("--device", type=DEVICE, default="auto")
+@click.option("--memo-mib", type=click.FloatRange(min=0), default=256,
+              help="Memory for NCNC's memo of completion-pair logits across batches (the same "
+                   "scores, fewer head evaluations); 0 turns it off.")
 @click.option("--on-unknown", type=click.Choice(["error", "skip"]), default="error",
               help="What to do with ids that are not nodes of the graph.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
@@ -210,7 +213,8 @@ def export(checkpoint: Path, out: Path, edges: Path | None) -> None:
               help="With --engine ray: scoring actors (default one per GPU, else per CPU).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out: Path,
-          top_k: int | None, per_source: bool, batch_size: int, device: str, on_unknown: str,
+          top_k: int | None, per_source: bool, batch_size: int, device: str, memo_mib: float,
+          on_unknown: str,
           report: Path | None, resume: bool, resume_every: int, engine: str,
           ray_address: str | None, num_workers: int | None, quiet: bool) -> None:
     """Score candidate pairs from Parquet into Parquet, streaming; print the report as JSON."""
@@ -228,7 +232,7 @@ def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out
         result = score_files_ray(bundle, [*pairs, *more_pairs], out, device=device,
                                  options=RayOptions(ray_address, num_workers), **options)
     else:
-        scorer = ncnc.load_bundle(bundle).scorer(device=device)
+        scorer = ncnc.load_bundle(bundle).scorer(device=device, memo_mib=memo_mib)
         result = scorer.score_parquet([*pairs, *more_pairs], out, resume=resume,
                                       resume_every=resume_every, **options)
     click.echo(json.dumps(result))

@@ -30,3 +30,22 @@ def test_non_contiguous_and_float64_inputs_are_bound_as_float32(bundle_dir):
     (plain,) = head.session.run(None, {"cn": cn.float().numpy().copy(),
                                        "xij": xij.float().numpy()})
     assert np.array_equal(head(cn, xij).numpy(), plain)
+
+
+def test_the_memo_serves_repeated_completion_pairs_with_the_same_bits(bundle_dir):
+    bundle = ncnc.load_bundle(bundle_dir)
+    from ncnc.scorer.engine import BatchScorer
+
+    generator = torch.Generator().manual_seed(1)
+    batches = [torch.randint(0, 6, (400, 2), generator=generator) for _ in range(5)]
+    plain = BatchScorer(bundle, "cpu", memo_mib=0)
+    memo = BatchScorer(bundle, "cpu")
+    tiny = BatchScorer(bundle, "cpu", memo_mib=0.001)  # full after a few pairs: starts over
+    assert plain.memo is None and memo.memo is not None
+    for pairs in batches:
+        expected = plain.score_logits(pairs)
+        assert torch.equal(memo.score_logits(pairs), expected)
+        assert torch.equal(tiny.score_logits(pairs), expected)
+    stats = memo.memo.stats
+    # Six nodes have few distinct completion pairs: after the first batch, all are repeats.
+    assert stats["memo_lookups"] > 0 and stats["memo_hit_rate"] > 0.5
