@@ -18,7 +18,10 @@ matmul with ``x``. Both run on the same graph tensors, in the same chunks of ``-
 after the other in the same process; the ratio is baseline time / our time.
 
 It also reports our achieved memory bandwidth: bytes that must be read (the shorter row of each
-pair, and for the split both rows; the ``x`` rows summed; the pairs and row pointers) / time. Where
+pair, and for the split both rows; the ``x`` rows summed; the pairs and row pointers) / time; on a
+GPU that ``benchmarks/gpu_specs.py`` knows, also (those bytes + the results written: the float32
+sums, and the counts) / time as a fraction of the device's HBM bandwidth. Intermediates (the
+split's lists) are not counted, so the fraction is a lower bound. Where
 that approaches the machine's bandwidth (split+gather at d = 256 reads about 1 KB of ``x`` per
 neighbour), neither implementation can go much faster: the baseline reads the same rows. For
 split+gather it measures that floor directly: torch's sparse x dense matmul summing exactly the
@@ -50,6 +53,7 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parents[1]
 
 import ncnc.triton_kernels as tk
+from gpu_specs import GPUSpec, spec_for
 from ncnc.triton_kernels import CSRGraph, build_csr, huge_page_copy
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -208,7 +212,8 @@ def bytes_read(graph: CSRGraph, pairs: Tensor, d: int, x_elem: int, op: str, mem
     return int(rows) * graph.indices.element_size() + pairs.size(0) * per_pair + members * d * x_elem
 
 
-def measure(graph: CSRGraph, pair_sets: dict[str, Tensor], dims: list[int], args, device) -> list[dict]:
+def measure(graph: CSRGraph, pair_sets: dict[str, Tensor], dims: list[int], args, device,
+            spec: GPUSpec | None) -> list[dict]:
     results = []
     for d in dims:
         x = torch.randn(graph.num_nodes, d, generator=torch.Generator().manual_seed(d))
@@ -230,7 +235,7 @@ def measure(graph: CSRGraph, pair_sets: dict[str, Tensor], dims: list[int], args
                     if not args.skip_baseline:
                         times["baseline"].append(timed_pass(base, chunks, device))
                     times["ours"].append(timed_pass(ours, chunks, device))
-                results.append(summarise(graph, pairs, d, x, set_name, op, times, args))
+                results.append(summarise(graph, pairs, d, x, set_name, op, times, args, spec))
                 print(format_row(results[-1]), flush=True)
                 if op == "split+gather" and not args.skip_baseline:
                     add_gather_floor(results[-1], graph, x, chunks, args.cap, device)
@@ -278,7 +283,7 @@ def add_gather_floor(row: dict, graph: CSRGraph, x: Tensor, chunks: list[Tensor]
           f"by more than {row['ratio_bound']:.1f}x here", flush=True)
 
 
-def summarise(graph, pairs, d, x, set_name, op, times, args) -> dict:
+def summarise(graph, pairs, d, x, set_name, op, times, args, spec: GPUSpec | None) -> dict:
     num_pairs = pairs.size(0)
     ours = statistics.median(times["ours"])
     row = {
@@ -300,9 +305,18 @@ def summarise(graph, pairs, d, x, set_name, op, times, args) -> dict:
         )
     members = members_summed(graph, pairs, set_name, op, args)
     row["x_rows_summed"] = members
-    row["gbytes_read"] = round(bytes_read(graph, pairs, d, x.element_size(), op, members) / 1e9, 3)
+    read = bytes_read(graph, pairs, d, x.element_size(), op, members)
+    row["gbytes_read"] = round(read / 1e9, 3)
     row["ours_gb_per_s"] = round(row["gbytes_read"] / ours, 2)
+    if spec is not None:
+        moved = read + bytes_written(num_pairs, d, op)
+        row["hbm_fraction"] = round(moved / ours / spec.hbm_bytes_per_s, 3)
     return row
+
+
+def bytes_written(num_pairs: int, d: int, op: str) -> int:
+    """The results: float32 sums ``[B, d]``, and for ``cn`` the int64 counts."""
+    return num_pairs * (4 * d + (8 if op == "cn" else 0))
 
 
 _members_cache: dict[tuple[str, str], int] = {}
@@ -330,6 +344,8 @@ def format_row(r: dict) -> str:
         text += f"   baseline {r['baseline_pairs_per_s']:>10,} pairs/s   ratio {r['ratio']:.1f}x"
     if "ours_gb_per_s" in r:
         text += f"   {r['ours_gb_per_s']} GB/s ({r['gbytes_read']} GB read)"
+    if "hbm_fraction" in r:
+        text += f"   {100 * r['hbm_fraction']:.0f}% of HBM (reads + results)"
     return text
 
 
@@ -378,11 +394,17 @@ def main(argv: list[str] | None = None) -> dict:
         dev_graph = graph.to(device)
     tk.common_neighbor_sum(dev_graph.indptr, dev_graph.indices, torch.zeros(graph.num_nodes, 1, device=device),
                            pair_sets["random"][:1].to(device))  # validates the graph once
-    results = measure(dev_graph, pair_sets, args.dims, args, device)
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else None
+    spec = spec_for(device_name) if device_name else None
+    if device_name:
+        print(f"device: {device_name}; HBM bandwidth "
+              + (f"{spec.hbm_bytes_per_s / 1e12:.2f} TB/s ({spec.name})" if spec else "not known: absolute figures only"))
+    results = measure(dev_graph, pair_sets, args.dims, args, device, spec)
     report = {
         "benchmark": "common-neighbour step: triton_kernels vs official adjoverlap-style baseline",
         "command": "python benchmarks/bench_common_neighbors.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device": device_name or platform.processor() or platform.machine(),
+        "hbm_bytes_per_s": spec.hbm_bytes_per_s if spec else None,
         "threads": args.threads,
         "torch": torch.__version__,
         "graph": graph_info,
