@@ -9,11 +9,11 @@ The cases are those of :mod:`ncnc.triton_kernels.compile_check` (the launchers' 
 specialised by Triton's JIT binder as on a GPU with 16-byte aligned tensors): by default the full
 product of distinct dtype choices x configurations x targets at d = 256, plus the forward kernels
 at a feature width that is not a multiple of 16 (``--unaligned-d``), where Triton's JIT alone
-proves nothing about row alignment (the kernels' ``ROW_ALIGN`` tells it what the launcher checked). Compiled in a process pool; Triton's cache makes
-reruns fast.
+proves nothing about row alignment (the kernels' ``ROW_ALIGN`` tells it what the launcher
+checked). Compiled in a process pool; Triton's cache makes reruns fast.
 
-    python benchmarks/ptx_report.py                      # all cases, writes benchmarks/results/ptx_report.json
-    python benchmarks/ptx_report.py --cases covering     # the set tests/triton_kernels/test_compile_check.py compiles
+    python benchmarks/ptx_report.py                    # all cases -> results/ptx_report.json
+    python benchmarks/ptx_report.py --cases covering   # the set test_compile_check.py compiles
 """
 
 from __future__ import annotations
@@ -46,7 +46,11 @@ def unaligned_cases(d: int) -> list[cc.CompileCase]:
                 continue
             seen.add(dtypes["x"])
             launch = cc.record_launch(name, dtypes, d)
-            out += [cc.CompileCase(name, tuple(dtypes.items()), c, arch, d) for c in cc.configs(launch) for arch in cc.ARCHS]
+            out += [
+                cc.CompileCase(name, tuple(dtypes.items()), c, arch, d)
+                for c in cc.configs(launch)
+                for arch in cc.ARCHS
+            ]
     return out
 
 
@@ -56,13 +60,23 @@ def widths(counts: dict[int, int]) -> str:
 
 
 def row(r: cc.CompileResult) -> str:
-    dtypes = "/".join(v.replace("float", "f").replace("bfloat", "bf").replace("int", "i") for _, v in r.case.dtypes)
+    dtypes = "/".join(
+        v.replace("float", "f").replace("bfloat", "bf").replace("int", "i") for _, v in r.case.dtypes
+    )
     head = f"{r.case.launcher:<14} {dtypes:<12} {r.case.config:<15} d={r.case.d:<4} sm_{r.case.arch}"
     if r.error:
         return f"{head}  ERROR {r.error}"
-    spill = "-" if not r.stack_bytes else f"{r.spill_store_bytes}/{r.spill_load_bytes}B ({r.spill_in_loop_bytes} in loop)"
+    spill = (
+        "-"
+        if not r.stack_bytes
+        else f"{r.spill_store_bytes}/{r.spill_load_bytes}B ({r.spill_in_loop_bytes} in loop)"
+    )
     vectorised = cc.tile_vectorised(r)
-    tile = "" if vectorised is None else f"tile {cc.tile_load_bytes(r.case)}B" + ("" if vectorised else " NARROW")
+    tile = (
+        ""
+        if vectorised is None
+        else f"tile {cc.tile_load_bytes(r.case)}B" + ("" if vectorised else " NARROW")
+    )
     flag = "  << " + "; ".join(cc.problems(r)) if cc.problems(r) else ""
     return (
         f"{head}  regs {r.registers:>3}  spill {spill:<22} smem {r.shared_bytes:>6}  "
@@ -89,18 +103,19 @@ def summary(results: list[cc.CompileResult]) -> list[dict]:
             "parked_spill_cases": sorted(r.case.id for r in ok if r.stack_bytes and not cc.problems(r)),
             "problem_cases": sorted(r.case.id for r in rs if cc.problems(r)),
             "tiles_widest_loads": f"{sum(vectorised)}/{len(vectorised)}" if vectorised else None,
-        })  # fmt: skip
+        })
     return out
 
 
 def print_summary(rows: list[dict]) -> None:
     print(f"\n{'kernel':<14} {'d':>4} {'target':<6} {'cases':>5} {'registers':>10} {'smem max':>9} "
-          f"{'parked':>6} {'problems':>8} {'wide tiles':>10}")  # fmt: skip
+          f"{'parked':>6} {'problems':>8} {'wide tiles':>10}")
     for s in rows:
         regs = f"{s['registers_min']}-{s['registers_max']}"
         print(
-            f"{s['launcher']:<14} {s['d']:>4} sm_{s['arch']:<3} {s['cases']:>5} {regs:>10} {s['shared_bytes_max']:>9} "
-            f"{len(s['parked_spill_cases']):>6} {len(s['problem_cases']):>8} {s['tiles_widest_loads'] or '-':>10}"
+            f"{s['launcher']:<14} {s['d']:>4} sm_{s['arch']:<3} {s['cases']:>5} {regs:>10} "
+            f"{s['shared_bytes_max']:>9} {len(s['parked_spill_cases']):>6} "
+            f"{len(s['problem_cases']):>8} {s['tiles_widest_loads'] or '-':>10}"
         )
 
 
@@ -108,14 +123,20 @@ def ptxas_versions() -> dict[str, str]:
     out = {}
     for name in ("ptxas", "ptxas_blackwell"):
         tool = getattr(triton.knobs.nvidia, name)
-        out[name] = subprocess.run([tool.path, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        out[name] = (
+            subprocess.run([tool.path, "--version"], capture_output=True, text=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", choices=["all", "covering"], default="all")
-    p.add_argument("--unaligned-d", type=int, default=100, help="forward kernels also at this width (0: skip)")
+    p.add_argument(
+        "--unaligned-d", type=int, default=100, help="forward kernels also at this width (0: skip)"
+    )
     p.add_argument("--workers", type=int, default=max(1, min(len(os.sched_getaffinity(0)), 8)))
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/ptx_report.json")
     args = p.parse_args(argv)
@@ -131,9 +152,13 @@ def main(argv: list[str] | None = None) -> dict:
     rows = summary(results)
     print_summary(rows)
     problems = [r for r in results if cc.problems(r)]
-    print(f"\n{len(results)} compilations in {wall:.0f} s ({args.workers} workers), {len(problems)} with problems")
+    print(
+        f"\n{len(results)} compilations in {wall:.0f} s ({args.workers} workers), "
+        f"{len(problems)} with problems"
+    )
     report = {
-        "benchmark": "Triton kernels compiled for sm_80 / sm_90 without a GPU (ncnc.triton_kernels.compile_check)",
+        "benchmark": "Triton kernels compiled for sm_80 / sm_90 without a GPU "
+                     "(ncnc.triton_kernels.compile_check)",
         "command": "python benchmarks/ptx_report.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "triton": triton.__version__,
         "ptxas": ptxas_versions(),

@@ -52,14 +52,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common_neighbors import power_law_graph, random_pairs, two_hop_pairs
+from gpu_specs import H100_SXM, H200, GPUSpec
+
+import ncnc.triton_kernels as tk
+from ncnc.triton_kernels import CSRGraph, build_csr
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import ncnc.triton_kernels as tk  # noqa: E402
-from bench_common_neighbors import power_law_graph, random_pairs, two_hop_pairs  # noqa: E402
-from gpu_specs import H100_SXM, H200, GPUSpec  # noqa: E402
-from ncnc.triton_kernels import CSRGraph, build_csr  # noqa: E402
 
 SECTOR = 32
 PAIR_ID_BYTES = 8
@@ -107,7 +106,7 @@ def completion_pairs(graph: CSRGraph, pairs: torch.Tensor, cap: int) -> torch.Te
     inner = torch.cat([
         torch.stack([pairs[split.only_i.segment_ids(), 1], split.only_i.members], 1),
         torch.stack([pairs[split.only_j.segment_ids(), 0], split.only_j.members], 1),
-    ])  # fmt: skip
+    ])
     return torch.sort(inner, dim=1).values
 
 
@@ -155,13 +154,15 @@ def cn_sum_bytes(st: dict, w: Widths, sectors: bool) -> float:
     return (
         2 * PAIR_ID_BYTES + _row_pointers(sectors) + shorter
         + _rows(st["common"], w.d * w.s_x, w.s_x, sectors) + 4 * w.d + 8
-    )  # fmt: skip
+    )
 
 
 def split_bytes(st: dict, w: Widths, sectors: bool) -> float:
     count_pass = cn_sum_bytes({**st, "common": 0.0}, Widths(0, 0, w.s_i), sectors)  # writes the count
     both = st["deg_sum"] * w.s_i  # two random reads; E[sectors] is linear in the length
-    fill_reads = 2 * PAIR_ID_BYTES + _row_pointers(sectors) + (2 * random_read(both / 2, w.s_i) if sectors else both)
+    fill_reads = (
+        2 * PAIR_ID_BYTES + _row_pointers(sectors) + (2 * random_read(both / 2, w.s_i) if sectors else both)
+    )
     writes = st["common"] * 3 * 8 + st["difference_kept"] * (8 + 4) + 3 * 8
     return count_pass + fill_reads + writes
 
@@ -224,7 +225,7 @@ def rows_for(name: str, cost, st: dict, d: int, s_i: int, notes: str) -> list[di
         moved, _ = cost(st, w, True)
         row = {"workload": name, "precision": precision, "d": d, "bytes_exact": round(exact),
                "bytes_sectors": round(moved), "flops": round(flops),
-               "flop_per_byte": round(flops / moved, 2), "notes": notes}  # fmt: skip
+               "flop_per_byte": round(flops / moved, 2), "notes": notes}
         for device in DEVICES:
             rate, bound = predict(moved, flops, device, precision)
             row[f"{device.name} pairs/s"] = round(rate)
@@ -240,11 +241,11 @@ def fmt(rate: float) -> str:
 def print_table(rows: list[dict]) -> None:
     names = [d.name for d in DEVICES]
     print(f"\n{'workload':<34} {'prec':<5} {'B/pair exact':>12} {'B/pair sect':>11} {'FLOP/pair':>10} "
-          + " ".join(f"{n:>16}" for n in names))  # fmt: skip
+          + " ".join(f"{n:>16}" for n in names))
     for r in rows:
         cells = " ".join(f"{fmt(r[f'{n} pairs/s']):>8} {r[f'{n} bound'][:3]:>7}" for n in names)
         print(f"{r['workload']:<34} {r['precision']:<5} {r['bytes_exact']:>12,} {r['bytes_sectors']:>11,} "
-              f"{r['flops']:>10,} {cells}")  # fmt: skip
+              f"{r['flops']:>10,} {cells}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -263,13 +264,19 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
 
     cn_graph = power_law_graph(args.nodes, args.cn_edges, 0, torch.int32)
-    kernel_sets = {"random": random_pairs(cn_graph, args.sample, 1), "two_hop": two_hop_pairs(cn_graph, args.sample, 2)}
+    kernel_sets = {
+        "random": random_pairs(cn_graph, args.sample, 1),
+        "two_hop": two_hop_pairs(cn_graph, args.sample, 2),
+    }
     kernel_stats = {name: pair_stats(cn_graph, pairs, args.cap) for name, pairs in kernel_sets.items()}
 
     from bench_score import PairSampler
+
     from ncnc.trainer.synthetic import community_graph
 
-    synthetic = community_graph(args.nodes, avg_degree=args.score_degree, num_communities=1000, feature_dim=0, seed=0)
+    synthetic = community_graph(
+        args.nodes, avg_degree=args.score_degree, num_communities=1000, feature_dim=0, seed=0
+    )
     edges = synthetic.edges.to_numpy()
     score_graph = build_csr(torch.from_numpy(np.ascontiguousarray(edges.T)), args.nodes)
     score_graph = CSRGraph(score_graph.indptr, score_graph.indices.int())
@@ -281,40 +288,53 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for name, st in kernel_stats.items():
         members = st["common"] + st["difference_kept"]
-        rows += rows_for(f"cn_sum, {name}", lambda s, w, sec: (cn_sum_bytes(s, w, sec), s["common"] * w.d), st,
-                         args.d, 4, "kernel graph")  # fmt: skip
-        rows += rows_for(f"neighbor_split cap {args.cap}, {name}", lambda s, w, sec: (split_bytes(s, w, sec), 0.0),
-                         st, args.d, 4, "kernel graph")  # fmt: skip
+        rows += rows_for(f"cn_sum, {name}",
+                         lambda s, w, sec: (cn_sum_bytes(s, w, sec), s["common"] * w.d), st,
+                         args.d, 4, "kernel graph")
+        rows += rows_for(f"neighbor_split cap {args.cap}, {name}",
+                         lambda s, w, sec: (split_bytes(s, w, sec), 0.0),
+                         st, args.d, 4, "kernel graph")
         rows += rows_for(f"weighted_gather cap {args.cap}, {name}",
                          lambda s, w, sec, m=members: (gather_bytes(m, w, sec), 2 * m * w.d), st, args.d, 4,
-                         "kernel graph, M = c + a' + b'")  # fmt: skip
+                         "kernel graph, M = c + a' + b'")
     for layered in (False, True):
         kind = "layered" if layered else "fused"
-        rows += rows_for(f"NCN end to end, {kind} head", lambda s, w, sec, l=layered: ncn_cost(s, w, sec, l),
-                         ncn_st, args.d, 4, "scoring graph, no cap")  # fmt: skip
-        rows += rows_for(f"NCNC end to end, {kind} head", lambda s, w, sec, l=layered: ncnc_cost(s, w, sec, l),
-                         ncnc_st, args.d, 4, "scoring graph, no cap")  # fmt: skip
+        rows += rows_for(f"NCN end to end, {kind} head",
+                         lambda s, w, sec, by_layer=layered: ncn_cost(s, w, sec, by_layer),
+                         ncn_st, args.d, 4, "scoring graph, no cap")
+        rows += rows_for(f"NCNC end to end, {kind} head",
+                         lambda s, w, sec, by_layer=layered: ncnc_cost(s, w, sec, by_layer),
+                         ncnc_st, args.d, 4, "scoring graph, no cap")
 
-    print(f"kernel graph ({args.nodes:,} nodes, {cn_graph.num_entries // 2:,} edges): "
-          + "; ".join(f"{k}: " + ", ".join(f"{a} {b:.2f}" for a, b in v.items()) for k, v in kernel_stats.items()))
-    print(f"scoring graph ({args.nodes:,} nodes, {score_graph.num_entries // 2:,} edges), pair mix: "
-          + ", ".join(f"{a} {b:.2f}" for a, b in ncn_st.items()))
-    print(f"NCNC: {ncnc_st['completion_per_pair']:.2f} completion pairs per target pair, "
-          f"{ncnc_st['distinct_completion_per_pair']:.2f} distinct per batch of {args.batch_size:,}; inner pairs: "
-          + ", ".join(f"{a} {b:.2f}" for a, b in ncnc_st["inner"].items()))
+    print(
+        f"kernel graph ({args.nodes:,} nodes, {cn_graph.num_entries // 2:,} edges): "
+        + "; ".join(
+            f"{k}: " + ", ".join(f"{a} {b:.2f}" for a, b in v.items()) for k, v in kernel_stats.items()
+        )
+    )
+    print(
+        f"scoring graph ({args.nodes:,} nodes, {score_graph.num_entries // 2:,} edges), pair mix: "
+        + ", ".join(f"{a} {b:.2f}" for a, b in ncn_st.items())
+    )
+    print(
+        f"NCNC: {ncnc_st['completion_per_pair']:.2f} completion pairs per target pair, "
+        f"{ncnc_st['distinct_completion_per_pair']:.2f} distinct per batch of {args.batch_size:,}; "
+        "inner pairs: "
+        + ", ".join(f"{a} {b:.2f}" for a, b in ncnc_st["inner"].items())
+    )
     print_table(rows)
     report = {
         "benchmark": "roofline of the common-neighbour kernels and NCN / NCNC scoring",
         "command": "python benchmarks/roofline.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "devices": [asdict(d) for d in DEVICES],
         "sector_bytes": SECTOR,
-        "kernel_graph": {"nodes": args.nodes, "undirected_edges": cn_graph.num_entries // 2, "pairs_per_set": args.sample,
-                         "cap": args.cap, "stats": kernel_stats},
+        "kernel_graph": {"nodes": args.nodes, "undirected_edges": cn_graph.num_entries // 2,
+                         "pairs_per_set": args.sample, "cap": args.cap, "stats": kernel_stats},
         "scoring_graph": {"nodes": args.nodes, "undirected_edges": score_graph.num_entries // 2,
                           "pairs": args.sample, "ncn_stats": ncn_st, "ncnc_stats": ncnc_st},
         "rows": rows,
         "total_s": round(time.perf_counter() - start, 1),
-    }  # fmt: skip
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

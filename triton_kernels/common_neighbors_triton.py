@@ -141,7 +141,7 @@ def _aligned_rows(d, stride_x, stride_out, stride_grad, stride_grad_x, ROW_ALIGN
     return (
         _aligned(d, ROW_ALIGN), _aligned(stride_x, ROW_ALIGN), _aligned(stride_out, ROW_ALIGN),
         _aligned(stride_grad, ROW_ALIGN), _aligned(stride_grad_x, ROW_ALIGN),
-    )  # fmt: skip
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ def _cn_kernel(
     d, stride_x, stride_out, stride_grad, stride_grad_x, deg_key,
     MODE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     ROW_ALIGN: tl.constexpr,
-):  # fmt: skip
+):
     b = tl.program_id(0).to(tl.int64)
     tile = tl.program_id(1)
     i, j, si, ei, sj, ej = _row_bounds(indptr, pairs, b)
@@ -241,7 +241,7 @@ def _cn_kernel(
 def _fill_difference(
     indices, own_start, own_degree, pos, pos_base, common, i, j, cap, salt, weight,
     out_base, members, weights, BLOCK_K: tl.constexpr,
-):  # fmt: skip
+):
     """One row minus its common positions: all of it, or ``cap`` hashed draws weighted ``weight``."""
     lanes = tl.arange(0, BLOCK_K)
     size = own_degree - common
@@ -254,7 +254,7 @@ def _fill_difference(
             lo = _lower_bound(
                 pos, tl.zeros_like(p) + pos_base, tl.zeros_like(p) + pos_base + common, p, mask,
                 pos_steps,
-            )  # fmt: skip
+            )
             inside = mask & (lo < pos_base + common)
             is_common = inside & (tl.load(pos + lo, mask=inside, other=-1) == p)
             keep = mask & ~is_common
@@ -298,7 +298,7 @@ def _split_fill_kernel(
     indptr, indices, pairs, cap, salt_i, salt_j, weight_i, weight_j,
     c_off, c_mem, pos_i, pos_j, i_off, i_mem, i_w, j_off, j_mem, j_w, deg_key,
     BLOCK_K: tl.constexpr,
-):  # fmt: skip
+):
     b = tl.program_id(0).to(tl.int64)
     i, j, si, ei, sj, ej = _row_bounds(indptr, pairs, b)
     swap = (ei - si) > (ej - sj)
@@ -326,11 +326,11 @@ def _split_fill_kernel(
     _fill_difference(
         indices, si, ei - si, pos_i, base, common, i, j, cap, salt_i, tl.load(weight_i + b),
         tl.load(i_off + b), i_mem, i_w, BLOCK_K,
-    )  # fmt: skip
+    )
     _fill_difference(
         indices, sj, ej - sj, pos_j, base, common, i, j, cap, salt_j, tl.load(weight_j + b),
         tl.load(j_off + b), j_mem, j_w, BLOCK_K,
-    )  # fmt: skip
+    )
 
 
 # Keys: feature width, the log2 bucket of the mean segment length, and the mode.
@@ -343,7 +343,7 @@ def _gather_kernel(
     d, stride_x, stride_out, stride_grad, stride_grad_x, seg_key,
     MODE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     ROW_ALIGN: tl.constexpr,
-):  # fmt: skip
+):
     b = tl.program_id(0).to(tl.int64)
     d, stride_x, stride_out, stride_grad, stride_grad_x = _aligned_rows(
         d, stride_x, stride_out, stride_grad, stride_grad_x, ROW_ALIGN
@@ -376,7 +376,6 @@ def _gather_kernel(
             )
     if MODE == 0:
         tl.store(out + b * stride_out + cols, acc, mask=col_mask)
-
 
 
 def _autotuned(kernel, configs, key, scatter: bool = False):
@@ -496,12 +495,12 @@ def common_neighbor_sum_triton(
         return out, counts
     if d == 0:
         return out, common_neighbor_count_triton(indptr, indices, pairs)
-    grid = lambda meta: (num_pairs, triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
+    grid = lambda meta: (num_pairs, triton.cdiv(d, meta["BLOCK_D"]))
     _launch(
         _cn_forward, grid, indptr, indices, pairs, x, out, counts, out, out,
         d, x.stride(0), out.stride(0), 0, 0, _deg_key(indptr, pairs), MODE=MODE_SUM,
         ROW_ALIGN=_row_align(d, x.stride(0), out.stride(0)),
-    )  # fmt: skip
+    )
     return out, counts
 
 
@@ -516,12 +515,12 @@ def common_neighbor_sum_backward_triton(
     (grad, grad_x), pairs = _scatter_rows(grad, num_rows), pairs.contiguous()
     num_pairs, d = pairs.size(0), grad.size(1)
     if num_pairs and d:
-        grid = lambda meta: (num_pairs, triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
+        grid = lambda meta: (num_pairs, triton.cdiv(d, meta["BLOCK_D"]))
         _launch(
             _cn_backward, grid, indptr, indices, pairs, grad, grad, grad, grad, grad_x,
             d, 0, 0, grad.stride(0), grad_x.stride(0), _deg_key(indptr, pairs), MODE=MODE_SCATTER,
             ROW_ALIGN=_row_align(d, grad.stride(0), grad_x.stride(0)),
-        )  # fmt: skip
+        )
     return grad_x.to(grad_dtype)
 
 
@@ -536,7 +535,7 @@ def common_neighbor_count_triton(indptr: Tensor, indices: Tensor, pairs: Tensor)
     _launch(
         _cn_forward, (pairs.size(0), 1), indptr, indices, pairs, unused, unused, counts, unused,
         unused, 1, 0, 0, 0, 0, _deg_key(indptr, pairs), MODE=MODE_COUNT, ROW_ALIGN=1,
-    )  # fmt: skip
+    )
     return counts
 
 
@@ -562,13 +561,13 @@ def neighbor_split_triton(
             layout.weight_i, layout.weight_j, layout.common_offsets, c_mem, pos_i, pos_j,
             layout.only_i_offsets, i_mem, i_w, layout.only_j_offsets, j_mem, j_w,
             _deg_key(indptr, pairs),
-        )  # fmt: skip
+        )
     c_w = torch.ones(layout.common_total, dtype=torch.float32, device=device)
     return (
         layout.common_offsets, c_mem, c_w,
         layout.only_i_offsets, i_mem, i_w,
         layout.only_j_offsets, j_mem, j_w,
-    )  # fmt: skip
+    )
 
 
 def _check_ragged(offsets: Tensor, members: Tensor, weights: Tensor) -> None:
@@ -602,12 +601,12 @@ def weighted_gather_sum_triton(offsets: Tensor, members: Tensor, weights: Tensor
     out = torch.empty(num_segments, d, dtype=_acc_dtype(x.dtype), device=x.device)
     if num_segments == 0 or d == 0:
         return out
-    grid = lambda meta: (num_segments, triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
+    grid = lambda meta: (num_segments, triton.cdiv(d, meta["BLOCK_D"]))
     _launch(
         _gather_forward, grid, offsets, members, weights, x, out, out, out,
         d, x.stride(0), out.stride(0), 0, 0, _seg_key(offsets, members), MODE=MODE_SUM,
         ROW_ALIGN=_row_align(d, x.stride(0), out.stride(0)),
-    )  # fmt: skip
+    )
     return out
 
 
@@ -623,10 +622,10 @@ def weighted_gather_sum_backward_triton(
     members, weights = members.contiguous(), weights.to(grad.dtype).contiguous()  # as the forward
     num_segments, d = offsets.numel() - 1, grad.size(1)
     if num_segments and d and members.numel():
-        grid = lambda meta: (num_segments, triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
+        grid = lambda meta: (num_segments, triton.cdiv(d, meta["BLOCK_D"]))
         _launch(
             _gather_backward, grid, offsets, members, weights, grad, grad, grad, grad_x,
             d, 0, 0, grad.stride(0), grad_x.stride(0), _seg_key(offsets, members), MODE=MODE_SCATTER,
             ROW_ALIGN=_row_align(d, grad.stride(0), grad_x.stride(0)),
-        )  # fmt: skip
+        )
     return grad_x.to(grad_dtype)

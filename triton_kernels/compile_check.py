@@ -111,7 +111,9 @@ def _split(dtypes: dict[str, str], d: int) -> None:
     indptr, indices, pairs = _graph(dtypes)
     # The split lays out its second launch from the counts of its first: with launches only
     # recorded, its count pass answers "no common neighbours" (the count pass is its own launcher).
-    no_commons = lambda indptr, indices, pairs: torch.zeros(pairs.size(0), dtype=torch.int64)  # noqa: E731
+    def no_commons(indptr: torch.Tensor, indices: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(pairs.size(0), dtype=torch.int64)
+
     with mock.patch.object(kernels, "common_neighbor_count_triton", no_commons):
         kernels.neighbor_split_triton(indptr, indices, pairs, cap=1, seed=0)
 
@@ -136,24 +138,28 @@ LAUNCHERS = {
     launcher.name: launcher
     for launcher in (
         Launcher(
-            "cn_sum", {**_GRAPH_ROLES, "x": FLOAT_DTYPES},
+            "cn_sum",
+            {**_GRAPH_ROLES, "x": FLOAT_DTYPES},
             lambda t, d: kernels.common_neighbor_sum_triton(*_graph(t)[:2], _rows(t, "x", d), _graph(t)[2]),
         ),
         Launcher(
-            "cn_scatter", {**_GRAPH_ROLES, "grad": FLOAT_DTYPES},
+            "cn_scatter",
+            {**_GRAPH_ROLES, "grad": FLOAT_DTYPES},
             lambda t, d: kernels.common_neighbor_sum_backward_triton(*_graph(t), _rows(t, "grad", d)[:2], 4),
         ),
         Launcher("cn_count", _GRAPH_ROLES, lambda t, d: kernels.common_neighbor_count_triton(*_graph(t))),
         Launcher("split_fill", _GRAPH_ROLES, _split),
         Launcher(
-            "gather_sum", {**_RAGGED_ROLES, "x": FLOAT_DTYPES},
+            "gather_sum",
+            {**_RAGGED_ROLES, "x": FLOAT_DTYPES},
             lambda t, d: kernels.weighted_gather_sum_triton(*_ragged(t), _rows(t, "x", d)),
         ),
         Launcher(
-            "gather_scatter", {**_RAGGED_ROLES, "grad": FLOAT_DTYPES},
+            "gather_scatter",
+            {**_RAGGED_ROLES, "grad": FLOAT_DTYPES},
             lambda t, d: kernels.weighted_gather_sum_backward_triton(*_ragged(t), _rows(t, "grad", d)[:2], 4),
         ),
-    )  # fmt: skip
+    )
 }
 
 
@@ -204,7 +210,9 @@ def compile_launch(launch: Launch, config: dict, arch: int):
         warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION is unset")
         bound, specialization, options = binder(*launch.args, **kwargs)
         options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
-        return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+        return triton.compile(
+            ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__
+        )
 
 
 _RES_USAGE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
@@ -219,7 +227,7 @@ def cubin_resources(cubin: bytes) -> dict[str, int]:
         text = subprocess.run(
             [triton.knobs.nvidia.cuobjdump.path, "-res-usage", f.name],
             check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
+        ).stdout
     found = _RES_USAGE.findall(text)
     if len(found) != 1:
         raise RuntimeError(f"expected one function in cuobjdump -res-usage, got:\n{text}")
@@ -349,7 +357,7 @@ def compile_case(case: CompileCase) -> CompileResult:
     config = configs(launch)[case.config]
     try:
         compiled = compile_launch(launch, config, case.arch)
-    except Exception as error:  # noqa: BLE001  (reported per case; the caller fails on it)
+    except Exception as error:
         first_line = (str(error).strip().splitlines() or [""])[0]
         return CompileResult(case, time.perf_counter() - start, error=f"{type(error).__name__}: {first_line}")
     return read_compiled(case, config, compiled, time.perf_counter() - start)
@@ -401,7 +409,11 @@ def problems(result: CompileResult) -> list[str]:
         return [f"does not compile: {result.error}"]
     found = []
     spilled = result.stack_bytes or result.local_bytes
-    if result.stack_bytes > PARKED_SLOT_BYTES or result.local_bytes or (spilled and result.registers >= MAX_REGISTERS):
+    if (
+        result.stack_bytes > PARKED_SLOT_BYTES
+        or result.local_bytes
+        or (spilled and result.registers >= MAX_REGISTERS)
+    ):
         found.append(
             f"spills: {result.stack_bytes} bytes stack frame, {result.local_bytes} bytes local memory, "
             f"{result.spill_store_bytes} bytes stored / {result.spill_load_bytes} loaded per thread "
@@ -423,7 +435,11 @@ def tile_vectorised(result: CompileResult) -> bool | None:
     """Whether a forward kernel (``cn_sum``, ``gather_sum``) reads its feature tile with loads of
     :func:`tile_load_bytes` only: at least tile bytes per thread / that width of them. ``None``
     for the other kernels."""
-    if result.error or not result.tile_bytes_per_thread or result.case.launcher not in ("cn_sum", "gather_sum"):
+    if (
+        result.error
+        or not result.tile_bytes_per_thread
+        or result.case.launcher not in ("cn_sum", "gather_sum")
+    ):
         return None
     width = tile_load_bytes(result.case)
     return result.loads.get(width, 0) >= result.tile_bytes_per_thread // width
@@ -454,7 +470,9 @@ def _case_configs(launcher: str, dtypes: dict[str, str]) -> list[str]:
     return list(configs(record_launch(launcher, dtypes)))
 
 
-def _cases(launcher: str, picked: list[tuple[str, dict[str, str]]], archs: Sequence[int]) -> list[CompileCase]:
+def _cases(
+    launcher: str, picked: list[tuple[str, dict[str, str]]], archs: Sequence[int]
+) -> list[CompileCase]:
     roles = LAUNCHERS[launcher].roles
     return [
         CompileCase(launcher, tuple((role, dtypes[role]) for role in roles), config, arch)
@@ -510,5 +528,3 @@ def compile_cases(cases: Sequence[CompileCase], workers: int = 2) -> list[Compil
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         return list(pool.map(compile_case, cases, chunksize=4))
-
-

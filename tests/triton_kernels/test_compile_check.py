@@ -57,8 +57,18 @@ def test_rows_of_a_width_not_a_multiple_of_16_are_read_in_vectors(arch):
     assert cc.tile_load_bytes(result.case) == 16 and cc.tile_vectorised(result), result.loads
 
 
-@pytest.mark.parametrize("sizes, align", [((256, 256, 256), 16), ((100, 100, 100), 4), ((100, 300, 100), 4),
-                                          ((37, 37, 37), 1), ((70, 70, 70), 2), ((8, 0, 0), 8), ((0, 0, 0), 16)])
+@pytest.mark.parametrize(
+    "sizes, align",
+    [
+        ((256, 256, 256), 16),
+        ((100, 100, 100), 4),
+        ((100, 300, 100), 4),
+        ((37, 37, 37), 1),
+        ((70, 70, 70), 2),
+        ((8, 0, 0), 8),
+        ((0, 0, 0), 16),
+    ],
+)
 def test_row_align_is_the_largest_power_of_two_dividing_every_size(sizes, align):
     assert cc.kernels._row_align(*sizes) == align
 
@@ -88,14 +98,19 @@ def test_launches_are_recorded_with_the_arguments_the_launchers_pass():
     assert named["x"].dtype == torch.int64 and named["indices"].dtype == torch.int32  # counts stand in for x
     assert list(cc.configs(count)) == ["K16-D64-w2-s3", "K32-D128-w4-s3"]  # d = 1 prunes the wide tiles
     # Half gradients are scattered in float32, and gather weights take the accumulation dtype.
-    assert cc.launched_dtypes("cn_scatter", {"indices": "int64", "pairs": "int32", "grad": "bfloat16"})["grad"] == "float32"
+    assert (
+        cc.launched_dtypes("cn_scatter", {"indices": "int64", "pairs": "int32", "grad": "bfloat16"})["grad"]
+        == "float32"
+    )
     widened = cc.launched_dtypes("gather_sum", {"members": "int32", "weights": "float16", "x": "float64"})
     assert widened == {"members": "int32", "weights": "float64", "x": "float64"}
 
 
 def test_problems_catch_a_kernel_that_spills_under_register_pressure():
     """The check can fail: the widest float64 tile held to 64 registers spills heavily."""
-    case = cc.CompileCase("cn_sum", (("indices", "int32"), ("pairs", "int32"), ("x", "float64")), "K64-D256-w8-s3", 80)
+    case = cc.CompileCase(
+        "cn_sum", (("indices", "int32"), ("pairs", "int32"), ("x", "float64")), "K64-D256-w8-s3", 80
+    )
     launch = cc.record_launch(case.launcher, dict(case.dtypes))
     config = {**cc.configs(launch)[case.config], "maxnreg": 64}
     result = cc.read_compiled(case, config, cc.compile_launch(launch, config, case.arch), 0.0)
