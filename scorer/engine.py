@@ -8,6 +8,8 @@ installed and the device is CUDA, the CPU provider otherwise).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -140,12 +142,15 @@ class BatchScorer:
         self.graph, self.levels = bundle.arrays_for(self.device)
         self.memo = (InnerLogitMemo(memo_mib) if memo_mib > 0 and bundle.spec.model == "ncnc"
                      else None)
+        self.engine_seconds = 0.0  # wall time inside score_logits: the device's share of a job
         self.head = OnnxHead(bundle.head_path, self.device, threads)
 
     @property
     def stats(self) -> dict[str, float | int | None]:
-        """What the engine reports beside the job's counts: the memo's lookups and hits."""
-        return self.memo.stats if self.memo is not None else {}
+        """What the engine reports beside the job's counts: the seconds spent scoring (the rest of
+        a job's time is the host's: reading, ids, writing) and the memo's lookups and hits."""
+        memo = self.memo.stats if self.memo is not None else {}
+        return {"engine_seconds": round(self.engine_seconds, 3), **memo}
 
     @torch.no_grad()
     def score_logits(self, pairs: Tensor) -> Tensor:
@@ -153,6 +158,9 @@ class BatchScorer:
         (``sigmoid(logit)`` is the link probability); ``B = 0`` gives an empty tensor."""
         if pairs.numel() == 0:
             return torch.zeros(0, dtype=torch.float32)
+        started = time.perf_counter()
         logits = pair_logits(self.bundle.spec.rule, self.head, self.graph, self.levels,
                              pairs.to(self.device, torch.int64), cache=self.memo)
-        return logits.float().cpu()
+        logits = logits.float().cpu()  # waits for the device: the time below includes its work
+        self.engine_seconds += time.perf_counter() - started
+        return logits
