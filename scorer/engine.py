@@ -7,30 +7,43 @@ head through onnxruntime (CUDA provider when present and the device is CUDA, CPU
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import Tensor
 
 from ncnc.core.device import resolve_device
-from ncnc.scorer.bundle import Bundle
+from ncnc.scorer.bundle import Bundle, BundleError, ScoringSpec
+from ncnc.scorer.manifest import first_line
 from ncnc.triton_kernels.pair_scoring import pair_logits
 
 
 class OnnxHead:
-    """The bundle's ``head.onnx`` behind the :data:`ncnc.triton_kernels.pair_scoring.HeadFn` interface."""
+    """The bundle's ``head.onnx`` behind the :data:`ncnc.triton_kernels.pair_scoring.HeadFn` interface.
 
-    def __init__(self, path, device: torch.device, threads: int | None = None) -> None:
+    The session is checked against the bundle's spec before it is used (:func:`check_head`).
+    """
+
+    def __init__(self, path: Path, spec: ScoringSpec, device: torch.device,
+                 threads: int | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: a head's warnings would break our one line
         if threads is not None:
             options.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own types for a damaged model
+            raise BundleError(f"{path}: onnxruntime cannot load the head ({first_line(err)})"
+                              ) from err
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.device = device
+        check_head(self, path, spec)
 
     def __call__(self, cn: Tensor | None, xij: Tensor) -> Tensor:
         feeds = {"xij": _numpy(xij)}
@@ -38,6 +51,45 @@ class OnnxHead:
             feeds["cn"] = _numpy(cn)
         (logits,) = self.session.run(None, feeds)
         return torch.from_numpy(logits).to(self.device)
+
+
+def head_inputs(model: str) -> list[str]:
+    """The inputs of a bundle's head: ``cn`` and ``xij``, GAE's ``xij`` alone."""
+    return ["xij"] if model == "gae" else ["cn", "xij"]
+
+
+def check_head(head: OnnxHead, path: Path, spec: ScoringSpec) -> None:
+    """Refuse a head that the spec's pairs cannot run through: inputs named by
+    :func:`head_inputs`, each float ``[num_pairs, hidden]`` with a dynamic batch axis, and one
+    float output ``[num_pairs]``, checked on the session and by a two-pair probe.
+
+    Raises:
+        BundleError: naming ``path`` and what differs.
+    """
+    wanted = head_inputs(spec.model)
+    inputs, outputs = head.session.get_inputs(), head.session.get_outputs()
+    if sorted(head.input_names) != sorted(wanted):
+        raise BundleError(f"{path}: the head takes inputs {head.input_names}; a {spec.model} "
+                          f"bundle's head takes {wanted}")
+    for node in inputs:
+        shape = list(node.shape)
+        if (node.type != "tensor(float)" or len(shape) != 2 or isinstance(shape[0], int)
+                or shape[1] != spec.hidden):
+            raise BundleError(f"{path}: head input {node.name} is {node.type} {shape}; expected "
+                              f"tensor(float) ['num_pairs', {spec.hidden}] (spec.hidden)")
+    if len(outputs) != 1 or outputs[0].type != "tensor(float)" or len(outputs[0].shape) != 1:
+        found = [f"{o.name} {o.type} {list(o.shape)}" for o in outputs]
+        raise BundleError(f"{path}: the head's outputs are {found}; expected one "
+                          "tensor(float) ['num_pairs']")
+    probe = torch.zeros(2, spec.hidden)
+    try:
+        logits = head(probe, probe)
+    except Exception as err:  # onnxruntime's own types
+        raise BundleError(f"{path}: the head fails on two pairs ({first_line(err)})") from err
+    if tuple(logits.shape) != (2,) or logits.dtype != torch.float32:
+        raise BundleError(f"{path}: the head gives {logits.dtype} {list(logits.shape)} for two "
+                          "pairs; expected float32 [2]")
+
 
 
 def _numpy(t: Tensor) -> np.ndarray:
@@ -58,7 +110,7 @@ class BatchScorer:
         self.bundle = bundle
         self.device = resolve_device(device)
         self.graph, self.levels = bundle.arrays_for(self.device)
-        self.head = OnnxHead(bundle.head_path, self.device, threads)
+        self.head = OnnxHead(bundle.head_path, bundle.spec, self.device, threads)
 
     @torch.no_grad()
     def score_logits(self, pairs: Tensor) -> Tensor:

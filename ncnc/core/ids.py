@@ -104,7 +104,8 @@ class IdMap:
 
         Returns:
             ``(index, known)``: int64 and bool tensors of the same length as ``values``; ``index``
-            is -1 where ``known`` is False (an id that is not a node, or a null).
+            is -1 where ``known`` is False (an id that is not a node, a null, or an integer
+            beyond Int64, which no node has).
 
         Raises:
             InputError: the values are of the other id kind (``what`` names the input).
@@ -117,7 +118,9 @@ class IdMap:
                 f"{what}: ids are {kind or values.dtype} but the graph's node ids are {self.kind}"
                 f" (examples: {examples(values)})"
             )
-        values = values.cast(self.ids.dtype)
+        # Not strict: an integer id beyond Int64 (a UInt64 above 2**63 - 1) cannot be a node; it
+        # becomes null here, and a null is an unknown id.
+        values = values.cast(self.ids.dtype, strict=False)
         dense = self._dense_table()
         if dense is not None and not values.null_count():
             low, table = dense
