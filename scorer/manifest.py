@@ -94,15 +94,30 @@ class Integer:
 class Number:
     low: float = -math.inf
     low_open: bool = False
+    high: float = math.inf
 
     def problem(self, value: Any) -> str | None:
-        bound = f" {'>' if self.low_open else '>='} {self.low:g}" if self.low > -math.inf else ""
-        wanted = f"must be a finite number{bound}"
-        if type(value) not in (int, float) or not math.isfinite(value):
+        wanted = "must be a finite number" + self._range()
+        if type(value) not in (int, float) or not _finite_float(value):
             return wanted
-        if value < self.low or (self.low_open and value == self.low):
+        if not self.low <= value <= self.high or (self.low_open and value == self.low):
             return wanted
         return None
+
+    def _range(self) -> str:
+        if self.low > -math.inf and self.high < math.inf:
+            return f" in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+        if self.low > -math.inf:
+            return f" {'>' if self.low_open else '>='} {self.low:g}"
+        return f" <= {self.high:g}" if self.high < math.inf else ""
+
+
+def _finite_float(value: int | float) -> bool:
+    """Whether ``value`` is a finite float or an int a float can hold (10**400 cannot)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -169,16 +184,19 @@ class StringMap:
 
 
 COUNT = Integer(0, 1 << 53)
+CALIBRATION = Number(-1e6, high=1e6)
 FILE_ENTRY = Record({"sha256": Hex(64), "bytes": Integer(0, 1 << 62)})
 SPEC = Record({
     "model": Text(MODELS),
     "depth": Integer(0, 2),
     "hidden": Integer(1, 1 << 20),
     "num_nodes": Integer(1, 1 << 48),
-    "probscale": Number(),
-    "proboffset": Number(),
-    "pt": Number(0.0, low_open=True),  # the completion probability divides by pt * s + 1 - s
-    "alpha": Number(),
+    # The calibration's magnitudes stay far inside float32 (the trained ones are below 10), so
+    # that no finite table can give an infinite completion weight.
+    "probscale": CALIBRATION,
+    "proboffset": CALIBRATION,
+    "pt": Number(0.0, low_open=True, high=CALIBRATION.high),  # p divides by pt * s + 1 - s
+    "alpha": CALIBRATION,
     "cap": Integer(-1, (1 << 31) - 1, excluded=(0,)),  # -1: no cap; 0 would divide by zero
     "cap_seed": Integer(-INT64_MAX - 1, INT64_MAX),
 })

@@ -1,16 +1,21 @@
 """What the bundle tests do to bundles: copy, reseal (as someone without the key could), sign,
-hash every file before and after a command, and write keys."""
+hash every file before and after a command, write keys and ONNX heads; the fuzzers' damages,
+settings and verdict."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hypothesis import HealthCheck, settings
+
+from ncnc.core.errors import InputError
 from ncnc.scorer.manifest import MANIFEST, seal
 
 
@@ -85,10 +90,6 @@ def one_line(message: str) -> bool:
     return bool(message) and "\n" not in message.strip() and "Traceback" not in message
 
 
-def unchanged(before: dict[Path, str], paths: Iterable[Path]) -> bool:
-    return file_hashes(*paths) == before
-
-
 # --- what the fuzzers do to a file's bytes --------------------------------------------------
 
 DAMAGES = ("truncate", "flip", "set", "insert", "delete", "append")
@@ -137,3 +138,41 @@ def cli_score_and_candidates(bundle: Path, pairs: Any, folder: Path, *extra: str
                for name, command in commands.items()}
     assert file_hashes(bundle, path) == before
     return results
+
+
+def onnx_head(path: Path, inputs: dict[str, list], output_shape: list) -> Path:
+    """A head that sums its inputs' rows: ``inputs`` name -> shape (``"n"`` = dynamic)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    names = list(inputs)
+    nodes = [helper.make_node("Concat", names, ["joined"], axis=1) if len(names) > 1
+             else helper.make_node("Identity", names, ["joined"]),
+             helper.make_node("ReduceSum", ["joined", "axes"], ["logit"], keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "head",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, output_shape)],
+        initializer=[helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    onnx.save(model, str(path))
+    return path
+
+
+# --- the fuzzers' settings and verdict ------------------------------------------------------
+
+EXAMPLES = int(os.environ.get("NCNC_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
+                derandomize=os.environ.get("NCNC_FUZZ_RANDOM") is None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def outcome(run: Callable[[], Any]) -> tuple[str, Any]:
+    """("refused", message) for an InputError, else ("ran", the result). Anything else raises:
+    the fuzzer then fails with the traceback a user would have seen."""
+    try:
+        return "ran", run()
+    except InputError as err:
+        assert one_line(str(err)), f"not one line: {err!s}"
+        return "refused", str(err)

@@ -21,6 +21,7 @@ from tests.scorer.tampering import (
     copy_bundle,
     file_hashes,
     one_line,
+    onnx_head,
     reseal,
 )
 
@@ -205,26 +206,6 @@ def test_an_id_map_of_another_length_is_refused_from_its_footer(bundle_copy):
     (bundle_copy / "id_map.parquet").write_bytes(b"PAR1 not really PAR1")
     reseal(bundle_copy)
     refused(load_bundle, bundle_copy, "id_map.parquet: cannot be read as an id map")
-
-
-def onnx_head(path: Path, inputs: dict[str, list], output_shape: list) -> Path:
-    """A head that sums its inputs' rows: ``inputs`` name -> shape (``"n"`` = dynamic)."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
-
-    names = list(inputs)
-    nodes = [helper.make_node("Concat", names, ["joined"], axis=1) if len(names) > 1
-             else helper.make_node("Identity", names, ["joined"]),
-             helper.make_node("ReduceSum", ["joined", "axes"], ["logit"], keepdims=0)]
-    graph = helper.make_graph(
-        nodes, "head",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
-        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, output_shape)],
-        initializer=[helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
-    model.ir_version = 10
-    onnx.save(model, str(path))
-    return path
 
 
 def head_refused(bundle: Path, match: str) -> None:

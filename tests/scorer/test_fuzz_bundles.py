@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -27,27 +26,22 @@ from typing import Any
 
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
-from ncnc.core.errors import InputError
 from ncnc.scorer.bundle import load_bundle
 from ncnc.scorer.manifest import BUNDLE_FILES, MANIFEST, SCHEMA, SIGNATURE_FILE, seal
-from tests.scorer.tampering import damaged, file_hashes, one_line, reseal
+from tests.scorer.tampering import FUZZ, damaged, file_hashes, outcome, reseal
 
 pytest.importorskip("model_signing")
 
-EXAMPLES = int(os.environ.get("NCNC_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
-                derandomize=os.environ.get("NCNC_FUZZ_RANDOM") is None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 # Pairs with and without common neighbours (the hand graph of tests/conftest.py), i == j, repeats.
 PAIRS = pl.DataFrame({"src": ["n0", "n1", "n3", "n2", "n0", "n4", "n1"],
                       "dst": ["n3", "n4", "n0", "n5", "n0", "n1", "n4"]})
 ALL_FILES = (*BUNDLE_FILES, MANIFEST, SIGNATURE_FILE)
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+    st.none() | st.booleans() | st.integers() | st.integers(-(10**400), 10**400)
     | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
                                                                 max_size=3),
@@ -60,16 +54,6 @@ def pristine(signed_bundle, key_pair) -> dict[str, Any]:
     """The signed bundle, its public key and its scores of :data:`PAIRS`."""
     reference = load_bundle(signed_bundle, verify_key=key_pair[1]).scorer(device="cpu")
     return {"bundle": signed_bundle, "key": key_pair[1], "scores": reference.score(PAIRS)}
-
-
-def outcome(run: Callable[[], Any]) -> tuple[str, Any]:
-    """("refused", message) for an InputError, else ("ran", the result). Anything else raises:
-    the fuzzer then fails with the traceback a user would have seen."""
-    try:
-        return "ran", run()
-    except InputError as err:
-        assert one_line(str(err)), f"not one line: {err!s}"
-        return "refused", str(err)
 
 
 def score(bundle: Path, **load: Any) -> pl.DataFrame:

@@ -23,8 +23,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 import ncnc
-from tests.scorer.tampering import damaged, file_hashes
-from tests.scorer.test_fuzz_bundles import FUZZ, outcome
+from tests.scorer.tampering import FUZZ, damaged, file_hashes, outcome
 
 # 64 pairs of the bundle's ids, three row groups; a few with common neighbours.
 ROWS = pl.DataFrame({"src": [f"n{k % 9}" for k in range(64)],

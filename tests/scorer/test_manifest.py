@@ -65,8 +65,12 @@ def test_a_hand_edited_manifest_is_refused_not_scored(bundle_copy, field, value,
 
 @pytest.mark.parametrize("edit, match", [
     (set_field("spec.probscale", float("nan")), "field spec.probscale must be a finite number"),
-    (set_field("spec.pt", float("inf")), "field spec.pt must be a finite number > 0, got Infinity"),
-    (set_field("spec.pt", 0), "field spec.pt must be a finite number > 0, got 0"),
+    (set_field("spec.pt", float("inf")), r"field spec.pt must be a finite number in \(0, 1e\+06\], "
+                                          "got Infinity"),
+    (set_field("spec.pt", 0), r"field spec.pt must be a finite number in \(0, 1e\+06\], got 0"),
+    (set_field("spec.alpha", 10**400), r"field spec.alpha must be a finite number in \[-1e\+06, "
+                                       r"1e\+06\], got 1000"),
+    (set_field("spec.proboffset", -1e300), "field spec.proboffset must be a finite number"),
     (set_field("spec.depth", "1"), r"field spec.depth must be an integer in \[0, 2\], got \"1\""),
     (set_field("spec.depth", 1.0), r"field spec.depth must be an integer in \[0, 2\], got 1.0"),
     (set_field("spec.depth", 0), "field spec.depth must be 1 or 2 for model 'ncnc', got 0"),

@@ -17,8 +17,14 @@ from ncnc.core.errors import InputError
 from ncnc.core.extras import MissingExtraError
 from ncnc.scorer.bundle import BundleError, load_bundle
 from ncnc.scorer.manifest import SIGNATURE_FILE
-from tests.scorer.tampering import copy_bundle, file_hashes, one_line, reseal, write_key_pair
-from tests.scorer.test_bundle import onnx_head
+from tests.scorer.tampering import (
+    copy_bundle,
+    file_hashes,
+    one_line,
+    onnx_head,
+    reseal,
+    write_key_pair,
+)
 
 pytest.importorskip("model_signing")
 
