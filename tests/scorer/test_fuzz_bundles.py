@@ -41,7 +41,8 @@ PAIRS = pl.DataFrame({"src": ["n0", "n1", "n3", "n2", "n0", "n4", "n1"],
 ALL_FILES = (*BUNDLE_FILES, MANIFEST, SIGNATURE_FILE)
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.integers(-(10**400), 10**400)
+    st.none() | st.booleans() | st.integers()
+    | st.sampled_from([2**63, 2**64 - 1, 10**400, -(10**400)])  # beyond int64, beyond float
     | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
                                                                 max_size=3),

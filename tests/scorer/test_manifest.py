@@ -49,7 +49,8 @@ CHANGED = "manifest.json: changed since export .its content does not match field
 
 
 @pytest.mark.parametrize("field, value, match", [
-    ("spec.probscale", float("nan"), "field spec.probscale must be a finite number, got NaN"),
+    ("spec.probscale", float("nan"), r"field spec.probscale must be a finite number in "
+                                     r"\[-1e\+06, 1e\+06\], got NaN"),
     ("spec.model", "ncn", "field spec.depth must be 0 for model 'ncn', got 1"),
     ("spec.depth", 2, CHANGED), ("spec.cap", 3, CHANGED), ("spec.cap_seed", 7, CHANGED),
     ("spec.probscale", 1.0, CHANGED), ("spec.alpha", 0.5, CHANGED), ("num_edges", 8, CHANGED),
