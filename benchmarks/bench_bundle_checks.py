@@ -5,7 +5,8 @@ fits the spec; no training) of ``--nodes`` nodes, ``--degree`` average degree an
 width with NCNC depth 1 (three tables), signs it, and times, in interleaved rounds, each step of
 ``load_bundle(...).scorer()`` on the CPU:
 
-- manifest: schema and digest (``load_bundle(verify=False)`` without arrays);
+- manifest and id map: schema, digest, file sizes and the id map (``load_bundle(verify=False)``,
+  no arrays);
 - checksums: the sha256 pass over every file (``verify=True`` minus the above);
 - signature: model-signing's verification (hashes every file again, checks the signature);
 - graph read (huge pages) and its ``validate_csr``; tables read and their finite check;
@@ -108,7 +109,7 @@ def one_round(bundle: Path, public: Path) -> dict[str, float]:
         bundle / "tables.safetensors", {name: (torch.float32, (n, hidden)) for name in names}))
     _, finite_s = timed(lambda: [bundle_module._check_finite(tables[k], k) for k in names])
     _, head_s = timed(lambda: OnnxHead(bundle / "head.onnx", loaded.spec, torch.device("cpu")))
-    return {"manifest": manifest_s, "checksums": verified_s - manifest_s,
+    return {"manifest_and_id_map": manifest_s, "checksums": verified_s - manifest_s,
             "signature": signed_s - verified_s, "graph_read": graph_read_s,
             "validate_csr": csr_s, "tables_read": tables_read_s, "finite_check": finite_s,
             "head_checks": head_s}

@@ -408,11 +408,15 @@ FINITE_CHECK_ROWS = 1 << 16  # rows per step of the finite check: bounded tempor
 
 
 def _check_finite(table: Tensor, what: str) -> None:
+    """Refuse a table holding NaN or infinity, naming the first such row. Through numpy, one
+    thread: torch's threaded reductions stall on a busy machine (benchmarks/bench_bundle_checks.py
+    measures this pass next to the table read)."""
+    values = table.numpy()
     for start in range(0, table.size(0), FINITE_CHECK_ROWS):
-        bad = ~torch.isfinite(table[start:start + FINITE_CHECK_ROWS])
-        if bool(bad.any()):
-            row, column = (int(i) for i in bad.nonzero()[0])
-            raise BundleError(f"{what}: row {start + row} holds {float(table[start + row, column])}"
+        finite = np.isfinite(values[start:start + FINITE_CHECK_ROWS])
+        if not finite.all():
+            row, column = (int(i) for i in np.argwhere(~finite)[0])
+            raise BundleError(f"{what}: row {start + row} holds {float(values[start + row, column])}"
                               f" (column {column}); node tables must be finite")
 
 
