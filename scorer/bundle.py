@@ -191,6 +191,12 @@ class Bundle:
             _check_finite(tables[name], f"{path}: table {name}")
         return [tables[name] for name in names]
 
+    def check_arrays(self) -> None:
+        """Read (mapped) and check the graph and the tables without keeping them: what a
+        process that hands the bundle to others (the Ray driver) runs before they start."""
+        self._read_graph(False)
+        self._read_levels(False)
+
     def arrays_for(self, device: torch.device) -> tuple[CSRGraph, list[Tensor]]:
         """The graph and node tables on ``device``. Off the CPU, files not read yet are mapped
         (and checked) and copied to the device, so no private host copy is kept."""

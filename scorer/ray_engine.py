@@ -68,7 +68,7 @@ from ncnc.core.errors import InputError
 from ncnc.core.ids import IdMap
 from ncnc.core.tables import as_polars
 from ncnc.scorer.bundle import BundleError, load_bundle
-from ncnc.scorer.engine import BatchScorer
+from ncnc.scorer.engine import BatchScorer, OnnxHead
 from ncnc.scorer.inputs import OnUnknown, PairInputs, iter_pair_batches, open_inputs
 from ncnc.scorer.job import (
     DEFAULT_BATCH_SIZE,
@@ -330,10 +330,11 @@ def score_files_ray(bundle: Path | str, pairs: Sequence[Path | str], out: Path |
     ray = import_ray()
     check_options(top_k, per_source, batch_size)
     bundle = Path(bundle)
-    # Every check an actor will make, once here (mapped, as the actors read it): a bad bundle is
-    # one line from the driver, not an actor's traceback.
+    # Every check an actor will make, once here: a bad bundle is one line from the driver, not an
+    # actor's traceback. The arrays are not kept (the driver scores nothing).
     checked = load_bundle(bundle, huge_pages=False, verify_key=verify_key)
-    BatchScorer(checked, "cpu", threads=1)
+    checked.check_arrays()
+    OnnxHead(checked.head_path, checked.spec, torch.device("cpu"), threads=1)
     id_map = checked.id_map
     inputs = open_inputs(pairs, id_map)
     output = OutputSpec(id_map, top_k, per_source)

@@ -330,3 +330,17 @@ def test_the_scorer_checks_before_any_scoring(bundle_copy, monkeypatch):
     with pytest.raises(BundleError):
         ncnc.load_bundle(bundle_copy).scorer(device="cpu").score(PAIRS)
     assert calls == []
+
+
+def test_the_ray_driver_refuses_bad_contents_before_any_actor(bundle_copy, tmp_path):
+    # Regression guard: the driver once read the id map only, leaving the arrays to the actors,
+    # whose failures reach the driver as Ray tracebacks.
+    pytest.importorskip("ray")
+    from ncnc.scorer.ray_engine import score_files_ray
+
+    rewrite_tables(bundle_copy, lambda t: t["level0"].__setitem__((5, 1), float("nan")))
+    pairs = tmp_path / "pairs.parquet"
+    PAIRS.write_parquet(pairs)
+    with pytest.raises(BundleError, match="table level0: row 5 holds nan"):
+        score_files_ray(bundle_copy, [pairs], tmp_path / "out.parquet", progress=False)
+    assert not (tmp_path / "out.parquet").exists()
