@@ -8,7 +8,7 @@ wall time. Exit status: pytest's (0 when every property held).
 
 Usage::
 
-    .venv/bin/python benchmarks/fuzz_bundles.py --examples 3000
+    .venv/bin/python benchmarks/fuzz_bundles.py --examples 3000 --log /tmp/fuzz.log
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=3000, help="examples per fuzzer")
     parser.add_argument("-k", default=None, help="only the fuzzers matching (pytest -k)")
+    parser.add_argument("--log", type=Path, default=Path("fuzz_bundles.log"),
+                        help="pytest's whole output (a native crash's stack dump included)")
     args = parser.parse_args()
     env = {**os.environ, "NCNC_FUZZ_EXAMPLES": str(args.examples), "NCNC_FUZZ_RANDOM": "1"}
     command = [sys.executable, "-m", "pytest", *FUZZERS, "-q", "-p", "no:cacheprovider",
@@ -35,9 +37,10 @@ def main() -> int:
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    args.log.write_text(result.stdout + "\n--- stderr ---\n" + result.stderr)
     print(_statistics(result.stdout))
     if result.returncode:
-        print(result.stdout[-20_000:], result.stderr[-5_000:], sep="\n")
+        print(f"pytest failed: its whole output is in {args.log}")
     print(f"fuzzers: {len(FUZZERS)} files, {args.examples} examples each requested, "
           f"{seconds:.0f} s wall, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
           f"pytest exit {result.returncode}")

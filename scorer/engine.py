@@ -7,6 +7,9 @@ head through onnxruntime (CUDA provider when present and the device is CUDA, CPU
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,8 @@ from ncnc.core.device import resolve_device
 from ncnc.scorer.bundle import Bundle, BundleError, ScoringSpec
 from ncnc.scorer.manifest import first_line
 from ncnc.triton_kernels.pair_scoring import pair_logits
+
+log = logging.getLogger("ncnc.scorer")
 
 
 class OnnxHead:
@@ -36,11 +41,15 @@ class OnnxHead:
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+        printed = io.StringIO()  # onnxruntime prints provider fallbacks on stdout: our JSON's
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            with contextlib.redirect_stdout(printed):
+                self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own types for a damaged model
             raise BundleError(f"{path}: onnxruntime cannot load the head ({first_line(err)})"
                               ) from err
+        if printed.getvalue().strip():
+            log.warning("onnxruntime: %s", " ".join(printed.getvalue().split()))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.device = device
         check_head(self, path, spec)
