@@ -29,6 +29,7 @@ from ncnc.scorer.ranking import RunningTopK
 
 Table = TypeVar("Table")
 _POSITION = "__ncnc_position"  # the tie-break column of top_k (dropped from its result)
+_GROUP = "__ncnc_group"  # top_k's group number of each src (dropped from its result)
 
 
 class Scorer:
@@ -129,6 +130,15 @@ def top_k(table: Table, k: int, *, per_source: bool = False, score: str = "score
                          f"present: {', '.join(frame.columns) or 'none'})")
     if k < 1:
         raise InputError(f"top_k: k must be at least 1, got {k}")
-    top = RunningTopK(k, by="src" if per_source else None, score=score, row=_POSITION)
-    top.push(frame.with_row_index(_POSITION).with_columns(pl.col(_POSITION).cast(pl.Int64)))
-    return like(top.result(), kind)  # type: ignore[return-value]
+    numbered = frame.with_row_index(_POSITION).with_columns(pl.col(_POSITION).cast(pl.Int64))
+    group = None
+    if per_source:
+        if frame["src"].null_count():
+            raise InputError("scored table column src: holds nulls")
+        group = _GROUP  # group numbers in src order, so the result is sorted by src
+        numbered = numbered.with_columns(
+            (pl.col("src").rank("dense").cast(pl.Int64) - 1).alias(_GROUP))
+    top = RunningTopK(k, by=group, score=score, row=_POSITION)
+    top.push(numbered)
+    best = top.result()
+    return like(best.drop(_GROUP) if per_source else best, kind)  # type: ignore[return-value]

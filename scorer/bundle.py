@@ -206,18 +206,22 @@ class Bundle:
         levels = self._levels if self._levels is not None else self._read_levels(False)
         return graph.to(device), [t.to(device) for t in levels]
 
-    def scorer(self, *, device: str = "auto", threads: int | None = None) -> Scorer:
+    def scorer(self, *, device: str = "auto", threads: int | None = None,
+               memo_mib: float | None = None) -> Scorer:
         """A :class:`~ncnc.scorer.Scorer` of this bundle (reads and checks its arrays and head).
 
         Args:
             device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
             threads: onnxruntime's intra-op threads (None: one per core), e.g. one per Ray actor
                 when several share a machine.
+            memo_mib: memory for NCNC's memo of completion-pair logits across batches (the same
+                scores, fewer head evaluations; 0 turns it off; None: 256 MiB).
         """
         from ncnc.scorer.api import Scorer
-        from ncnc.scorer.engine import BatchScorer
+        from ncnc.scorer.engine import DEFAULT_MEMO_MIB, BatchScorer
 
-        return Scorer(self, BatchScorer(self, device, threads))
+        memo = DEFAULT_MEMO_MIB if memo_mib is None else memo_mib
+        return Scorer(self, BatchScorer(self, device, threads, memo_mib=memo))
 
     @property
     def inputs(self) -> list[Path]:

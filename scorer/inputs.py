@@ -4,8 +4,8 @@
   and checks every file's schema up front (one bad file among many fails before any work),
   counting the rows from the footers (:class:`PairInputs`).
 - :func:`iter_pair_batches` streams ``src``, ``dst`` in batches of a fixed number of rows
-  (``pl.scan_parquet(...).collect_batches``: the fastest bounded reader we measured, see
-  docs/toolchain-notes.md), numbering rows globally across files.
+  (:func:`ncnc.core.tables.iter_parquet_batches`, pyarrow's bounded reader), numbering rows
+  globally across files.
 - :func:`node_pairs` maps a batch's ids to node indices.
 
 Every problem with the user's files raises :class:`~ncnc.core.errors.InputError` naming the file, the
@@ -22,10 +22,10 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
 from ncnc.core.errors import InputError, examples
 from ncnc.core.ids import IdMap, id_kind
+from ncnc.core.tables import iter_parquet_batches, parquet_schema
 
 PAIR_COLUMNS = ("src", "dst")
 GLOB_CHARS = frozenset("*?[")
@@ -70,11 +70,6 @@ def expand_inputs(paths: Iterable[Path | str]) -> list[Path]:
     return files
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def inspect_pair_files(files: Sequence[Path], *, id_kind_expected: str) -> list[int]:
     """Check that every file is Parquet with id columns ``src``, ``dst``; return its row counts.
 
@@ -86,11 +81,7 @@ def inspect_pair_files(files: Sequence[Path], *, id_kind_expected: str) -> list[
     """
     counts = []
     for path in files:
-        try:
-            schema = pl.read_parquet_schema(path)
-            rows = pq.read_metadata(path).num_rows
-        except Exception as exc:  # polars and pyarrow raise several types for a non-Parquet file
-            raise InputError(f"pairs file {path}: cannot be read as Parquet ({_reason(exc)})") from exc
+        schema, rows = parquet_schema(path, what="pairs file")
         missing = [c for c in PAIR_COLUMNS if c not in schema]
         if missing:
             raise InputError(
@@ -192,21 +183,8 @@ def iter_pair_batches(files: Sequence[Path], batch_size: int, *, start_row: int 
         # Rows of this file to read: all (None), or up to stop_row; the footer says how many.
         take = None if stop_row is None else min(row_counts[index], stop_row - row) - skip
         file_row, row = skip, row + skip
-        try:
-            batches = pl.scan_parquet(path).select(PAIR_COLUMNS).slice(
-                skip, take).collect_batches(chunk_size=batch_size, lazy=True)
-        except Exception as exc:
-            raise InputError(f"pairs file {path}: cannot be read as Parquet ({_reason(exc)})") from exc
-        while True:
-            try:
-                frame = next(batches)
-            except StopIteration:
-                break
-            except Exception as exc:
-                raise InputError(
-                    f"pairs file {path}: cannot be read as Parquet ({_reason(exc)})") from exc
-            if frame.height == 0:
-                continue
+        for frame in iter_parquet_batches(path, PAIR_COLUMNS, batch_size, what="pairs file",
+                                          skip=skip, take=take):
             batch = PairBatch(path, file_row, row, frame)
             check_no_nulls(frame, what=batch.what, first_row=file_row)
             yield batch

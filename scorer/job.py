@@ -18,14 +18,18 @@ through the same :func:`publish_job`.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import queue
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import torch
@@ -43,6 +47,7 @@ from ncnc.scorer.inputs import (
     open_inputs,
 )
 from ncnc.scorer.outputs import (
+    GROUP,
     ROW,
     OutputSpec,
     ParquetRowWriter,
@@ -109,6 +114,82 @@ def score_table(scorer: PairScorer, id_map: IdMap, frame: pl.DataFrame, *, what:
     return with_scores(frame, scorer.score_logits(torch.from_numpy(pairs)), id_map)
 
 
+_DONE = object()  # the end of a pipeline stage's stream
+
+
+def run_pipeline(items: Iterable[Any], transform: Callable[[Any], Any],
+                 consume: Callable[[Any], None], *, depth: int = 2) -> None:
+    """``consume(transform(item))`` for every item, in order, three stages overlapping: a
+    thread draws ``items`` (reading, id mapping), the caller's thread transforms (the engine), a
+    thread consumes (writing, ranking). Queues of ``depth`` items bound the memory; polars,
+    pyarrow, torch, onnxruntime and the numba kernels release the GIL, so the stages really run
+    at once.
+
+    The first error of any stage (a BaseException too: Ctrl-C arrives in the caller's thread)
+    stops the others and is raised here, after both threads have ended.
+    """
+    stop = threading.Event()
+    drawn: queue.Queue = queue.Queue(depth)
+    done: queue.Queue = queue.Queue(depth)
+    errors: list[BaseException] = []
+
+    def put(channel: queue.Queue, item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                channel.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(channel: queue.Queue) -> Any:
+        while True:
+            try:
+                return channel.get(timeout=0.05)
+            except queue.Empty:
+                if stop.is_set():
+                    return _DONE
+
+    def draw() -> None:
+        try:
+            for item in items:
+                if not put(drawn, item):
+                    return
+        except BaseException as error:  # handed to the caller's thread
+            errors.append(error)
+            stop.set()
+        put(drawn, _DONE)
+
+    def drain() -> None:
+        try:
+            while (item := get(done)) is not _DONE:
+                consume(item)
+        except BaseException as error:  # handed to the caller's thread
+            errors.append(error)
+            stop.set()
+
+    threads = [threading.Thread(target=draw, name="ncnc-read", daemon=True),
+               threading.Thread(target=drain, name="ncnc-write", daemon=True)]
+    for thread in threads:
+        thread.start()
+    try:
+        while (item := get(drawn)) is not _DONE:
+            if not put(done, transform(item)):
+                break
+        put(done, _DONE)
+    except BaseException as error:
+        errors.append(error)
+        stop.set()
+    finally:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.05)
+                if errors:
+                    stop.set()
+    if errors:
+        raise errors[0]
+
+
 @dataclass
 class ScoringJob:
     """The scoring of one job, shared by the direct, the resumable and the Ray paths."""
@@ -121,28 +202,45 @@ class ScoringJob:
     def score(self, batches: Iterable[PairBatch], writer: FrameWriter
               ) -> tuple[int, int, pl.DataFrame | None]:
         """Score ``batches``: every row goes to ``writer``, or with a top K only the kept rows
-        are returned (columns :attr:`OutputSpec.kept_schema`).
+        are returned (columns :attr:`OutputSpec.kept_schema`). Reading and id mapping of the
+        next batch and writing (or ranking) of the previous one overlap with the scoring of
+        each batch (:func:`run_pipeline`); the order of rows is the input's.
 
         Returns (rows read, rows scored, kept rows or None).
         """
         top = self.output.new_top()
-        rows_read = rows_scored = 0
-        for batch in batches:
-            frame = batch.frame
-            if top is not None:
-                frame = frame.with_columns(
-                    pl.int_range(batch.row, batch.row + frame.height, dtype=pl.Int64).alias(ROW))
-            scored = score_table(self.scorer, self.output.id_map, frame, what=batch.what,
-                                 on_unknown=self.on_unknown)
-            rows_read += frame.height
-            rows_scored += scored.height
-            if top is not None:
-                top.push(scored.select(self.output.kept_schema.names()))
-            else:
-                writer.write(scored)
+        id_map, per_source = self.output.id_map, self.output.per_source
+        rows = {"read": 0, "scored": 0}
+
+        def mapped() -> Iterator[tuple[PairBatch, pl.DataFrame, np.ndarray]]:
+            for batch in batches:
+                frame = batch.frame
+                if top is not None:
+                    frame = frame.with_columns(pl.int_range(
+                        batch.row, batch.row + frame.height, dtype=pl.Int64).alias(ROW))
+                pairs, known = node_pairs(frame, id_map, what=batch.what,
+                                          on_unknown=self.on_unknown)
+                yield batch, frame if known is None else frame.filter(pl.Series(known)), pairs
+
+        def scored(item: tuple[PairBatch, pl.DataFrame, np.ndarray]) -> pl.DataFrame:
+            batch, frame, pairs = item
+            frame = with_scores(frame, self.scorer.score_logits(torch.from_numpy(pairs)), id_map)
+            rows["read"] += batch.frame.height
+            rows["scored"] += frame.height
             if self.bar is not None:
-                self.bar.update(frame.height)
-        return rows_read, rows_scored, None if top is None else top.kept()
+                self.bar.update(batch.frame.height)
+            if top is not None and per_source:
+                frame = frame.with_columns(pl.Series(GROUP, pairs[:, 0], dtype=pl.Int64))
+            return frame
+
+        def kept_or_written(frame: pl.DataFrame) -> None:
+            if top is not None:
+                top.push(frame.select(self.output.kept_schema.names()))
+            else:
+                writer.write(frame)
+
+        run_pipeline(mapped(), scored, kept_or_written)
+        return rows["read"], rows["scored"], None if top is None else top.kept()
 
 
 @dataclass(frozen=True)
@@ -253,14 +351,17 @@ def score_files(scorer: PairScorer, id_map: IdMap, pairs: Sequence[Path | str], 
     def run(data: Path, bar: tqdm) -> JobCounts:
         job.bar = bar
         if fingerprint is not None:
-            return _score_resumable(job, inputs, out, data, batch_size, resume_every,
-                                    fingerprint)
-        with ParquetRowWriter(data, job.output.schema) as writer:
-            _, rows_scored, kept = job.score(
-                iter_pair_batches(inputs.files, batch_size, row_counts=inputs.row_counts), writer)
-            if kept is not None:
-                writer.write(job.output.ranked(kept))
-        return JobCounts(0, rows_scored, writer.rows_written)
+            counts = _score_resumable(job, inputs, out, data, batch_size, resume_every,
+                                      fingerprint)
+        else:
+            with ParquetRowWriter(data, job.output.schema) as writer:
+                _, rows_scored, kept = job.score(iter_pair_batches(
+                    inputs.files, batch_size, row_counts=inputs.row_counts), writer)
+                if kept is not None:
+                    writer.write(job.output.ranked(kept, merged=True))
+            counts = JobCounts(0, rows_scored, writer.rows_written)
+        # The engine's own figures (e.g. the memo's hit rate), when it keeps any.
+        return dataclasses.replace(counts, fields=dict(getattr(scorer, "stats", {})))
 
     document = publish_job(inputs, out, report=report, report_fields=report_fields or {},
                            top_k=top_k, per_source=per_source, batch_size=batch_size,

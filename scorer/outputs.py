@@ -34,6 +34,7 @@ from ncnc.scorer.ranking import RANK, RunningTopK
 from ncnc.triton_kernels.completion import reproducible_sigmoid
 
 ROW = "row"  # a kept row's position over all inputs: the tie-break of the ranking
+GROUP = "src_index"  # a kept row's source node index: the group of a per-source top K
 SKIPPED_UNKNOWN = "unknown_id"  # reason key in the report's "skipped"
 
 
@@ -54,13 +55,13 @@ def with_scores(frame: pl.DataFrame, logits: torch.Tensor | np.ndarray, id_map: 
         RuntimeError: the scorer returned another number of logits than ``frame`` has rows.
     """
     if isinstance(logits, torch.Tensor):
-        logits = logits.detach().to("cpu", torch.float32).reshape(-1).numpy()
+        logits = logits.detach().cpu().numpy()
     logits = np.asarray(logits, dtype=np.float32).reshape(-1)
     if logits.size != frame.height:
         raise RuntimeError(f"scorer returned {logits.size} logits for {frame.height} pairs")
     # Not np.exp: its vectorised and scalar paths differ in the last bit, so a pair's prob
     # would depend on its place in the batch.
-    prob = reproducible_sigmoid(torch.from_numpy(logits)).to(torch.float32).numpy()
+    prob = reproducible_sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32)
     return frame.with_columns(
         pl.col(c).cast(id_map.ids.dtype) for c in PAIR_COLUMNS
     ).with_columns(
@@ -84,22 +85,34 @@ class OutputSpec:
 
     @property
     def kept_schema(self) -> pl.Schema:
-        """Columns of the rows a top K keeps: the output's, with the input position for rank."""
-        return pl.Schema({**{k: v for k, v in self.schema.items() if k != RANK}, ROW: pl.Int64()})
+        """Columns of the rows a top K keeps: the output's, with the input position for rank
+        (and, per source, the source's node index: the ranking's group number)."""
+        columns = {**{k: v for k, v in self.schema.items() if k != RANK}, ROW: pl.Int64()}
+        if self.per_source:
+            columns[GROUP] = pl.Int64()
+        return pl.Schema(columns)
 
     def new_top(self) -> RunningTopK | None:
-        """An empty running top K of this output (None without a top K)."""
+        """An empty running top K of this output (None without a top K). Per source, the
+        groups are source node indices, so the output is sorted by source in id order."""
         if self.top_k is None:
             return None
-        top = RunningTopK(self.top_k, by="src" if self.per_source else None)
+        top = RunningTopK(self.top_k, by=GROUP if self.per_source else None)
         top.push(pl.DataFrame(schema=self.kept_schema))  # the columns, even of an empty stream
         return top
 
-    def ranked(self, kept: pl.DataFrame) -> pl.DataFrame:
-        """The output rows of the top K among ``kept`` rows (with ``rank``)."""
+    def ranked(self, kept: pl.DataFrame, *, merged: bool = False) -> pl.DataFrame:
+        """The output rows of the top K among ``kept`` rows (with ``rank``).
+
+        ``merged``: the rows are one running top K's :meth:`RunningTopK.kept` already (sorted
+        and cut): they are ranked without sorting again. Otherwise (the kept rows of several
+        chunks or partitions) they are merged first.
+        """
         top = self.new_top()
         if top is None:
             raise ValueError("OutputSpec.ranked: the output has no top K")
+        if merged:
+            return top.with_ranks(kept).select(self.schema.names())
         top.push(kept)
         return top.result().select(self.schema.names())
 

@@ -406,5 +406,5 @@ def _write(data: Path, output: OutputSpec, results: Iterator[tuple[pl.DataFrame,
             else:
                 top.push(frame.select(output.kept_schema.names()))
         if top is not None:
-            writer.write(output.ranked(top.kept()))
+            writer.write(output.ranked(top.kept(), merged=True))
     return rows_scored, writer.rows_written

@@ -11,10 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
+from ncnc.triton_kernels import library
 from ncnc.triton_kernels.common_neighbors import RaggedSet
 from ncnc.triton_kernels.ops import concat_ragged, neighbor_split, weighted_gather_sum
 
@@ -46,6 +48,15 @@ _SATURATE = 110.0  # exp(-110) rounds to 0 in float32
 
 
 def reproducible_sigmoid(z: Tensor) -> Tensor:
+    """:func:`reproducible_sigmoid_reference`, on the CPU (outside autograd and tracing) in one
+    compiled pass that gives the same bits."""
+    if (z.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not (z.requires_grad and torch.is_grad_enabled())):
+        return library.cpu.reproducible_sigmoid_cpu(z)
+    return reproducible_sigmoid_reference(z)
+
+
+def reproducible_sigmoid_reference(z: Tensor) -> Tensor:
     """``sigmoid(z)`` in float64 from additions, multiplications and divisions only.
 
     ``torch.sigmoid`` (and ``exp``) on the CPU take a vectorised path for most elements and a
@@ -67,6 +78,19 @@ def reproducible_sigmoid(z: Tensor) -> Tensor:
     return torch.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
+class InnerLogitCache(Protocol):
+    """Logits of completion pairs kept across calls (the scorer's memo). Keys are the pairs'
+    int64 keys ``a * num_nodes + b``; a cache returns exactly the logits it was given."""
+
+    def cached(self, keys: Tensor) -> tuple[Tensor, Tensor]:
+        """``(logits [K] float32, hit [K] bool)`` for ``keys [K]`` (logits where hit)."""
+        ...
+
+    def store(self, keys: Tensor, logits: Tensor) -> None:
+        """Keep ``logits`` of ``keys`` (it may forget them later)."""
+        ...
+
+
 def completed_common_neighbor_sum(
     indptr: Tensor,
     indices: Tensor,
@@ -77,6 +101,7 @@ def completed_common_neighbor_sum(
     cap: int = -1,
     seed: int = 0,
     symmetric_inner: bool = False,
+    cache: InnerLogitCache | None = None,
 ) -> Tensor:
     """``cn~`` of each pair, ``[B, d]``; differentiable in ``x`` (not through ``inner_logits``).
 
@@ -85,6 +110,9 @@ def completed_common_neighbor_sum(
             once per call. Called under ``torch.no_grad``.
         symmetric_inner: the inner score of ``(a, b)`` equals that of ``(b, a)`` (true for NCN), so
             the two orders share one computation.
+        cache: completion pairs' logits from earlier calls; only the pairs it lacks are asked of
+            ``inner_logits``. A pair's logit does not depend on the batch it is scored in, so the
+            result is the same bits with or without it.
     """
     split = neighbor_split(indptr, indices, pairs, cap, seed)
     only_i, only_j = split.only_i, split.only_j
@@ -93,7 +121,8 @@ def completed_common_neighbor_sum(
         torch.stack([pairs[only_j.segment_ids(), 0], only_j.members], 1),
     ])
     with torch.no_grad():
-        probs = calibration(_distinct_logits(completion_pairs, inner_logits, symmetric_inner, x))
+        probs = calibration(_distinct_logits(completion_pairs, inner_logits, symmetric_inner, x,
+                                             cache))
     p_i, p_j = probs.split([only_i.members.numel(), only_j.members.numel()])
     # One gather over the three sets: each pair's x rows are read in one pass, into one output.
     members = concat_ragged([
@@ -105,7 +134,8 @@ def completed_common_neighbor_sum(
 
 
 def _distinct_logits(
-    pairs: Tensor, inner_logits: Callable[[Tensor], Tensor], symmetric: bool, x: Tensor
+    pairs: Tensor, inner_logits: Callable[[Tensor], Tensor], symmetric: bool, x: Tensor,
+    cache: InnerLogitCache | None = None,
 ) -> Tensor:
     # Eager callers skip the inner model when nothing needs completing; while torch.export traces,
     # the size is symbolic and the general path below handles zero pairs too.
@@ -119,7 +149,18 @@ def _distinct_logits(
     unique = torch.stack([keys // stride, keys % stride], 1)
     if torch.compiler.is_compiling():  # a traced program cannot loop over data-dependent chunks
         return inner_logits(unique).float()[inverse]
+    if cache is None:
+        return _chunked_logits(unique, inner_logits)[inverse]
+    logits, hit = cache.cached(keys)
+    missing = ~hit
+    if bool(missing.any()):
+        computed = _chunked_logits(unique[missing], inner_logits)
+        logits[missing] = computed
+        cache.store(keys[missing], computed)
+    return logits[inverse]
+
+
+def _chunked_logits(pairs: Tensor, inner_logits: Callable[[Tensor], Tensor]) -> Tensor:
     # Hubs make a batch's completion pairs outnumber its target pairs many times over: score them
     # in bounded chunks so memory stays flat whatever the degrees.
-    logits = torch.cat([inner_logits(chunk).float() for chunk in unique.split(INNER_CHUNK)])
-    return logits[inverse]
+    return torch.cat([inner_logits(chunk).float() for chunk in pairs.split(INNER_CHUNK)])

@@ -3,18 +3,22 @@
 The API (:mod:`ncnc`) imports each stage on first use, so that, e.g., ``ncnc score --help`` and
 ``ncnc score`` load no training code.
 
-Exit codes: 0 success; 1 internal failure (a bug or an environment problem, with traceback);
-2 bad input or usage (one line naming the problem).
+Exit codes (one place for all commands: :class:`NcncGroup`): 0 success; 1 internal failure (a
+bug, with its traceback; or an environment problem such as a full disk, in one line); 2 bad input
+or usage (one line naming the problem); 130 interrupted by SIGINT (Ctrl-C); 143 terminated by
+SIGTERM. On 1, 130 and 143 nothing is published: every output keeps what it held before the run.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import signal
 import sys
-from collections.abc import Callable
-from functools import wraps
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -27,21 +31,79 @@ EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
 
 
-def _user_errors_exit_2(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn :class:`InputError` into a one-line message and exit code 2."""
+EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM = 1, 128 + signal.SIGINT, 128 + signal.SIGTERM
+# Environment problems, not bugs: one line instead of a traceback (still exit 1).
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                      errno.EIO, errno.EMFILE, errno.ENFILE}
 
-    @wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+
+class Terminated(BaseException):
+    """SIGTERM arrived. A BaseException, like KeyboardInterrupt for SIGINT, so that every
+    ``with`` block on the way out (staged outputs, locks) cleans up as for Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+class NcncGroup(click.Group):
+    """The group that turns what any command raises into its exit code and one line on stderr:
+    :class:`InputError` -> 2, SIGINT -> 130, SIGTERM -> 143, a full disk or a refused write -> 1.
+    Other exceptions are bugs: their traceback is shown, exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
         try:
-            return command(*args, **kwargs)
+            return super().invoke(ctx)
         except InputError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(InputError.exit_code)
+            _fail(ctx, f"error: {err}", err.exit_code)
+        except KeyboardInterrupt:
+            _fail(ctx, "interrupted (SIGINT): nothing was published, earlier outputs are kept",
+                  EXIT_SIGINT)
+        except Terminated:
+            _fail(ctx, "terminated (SIGTERM): nothing was published, earlier outputs are kept",
+                  EXIT_SIGTERM)
+        except OSError as err:
+            if err.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            where = f" ({err.filename})" if err.filename else ""
+            _fail(ctx, f"error: {err.strerror or err}{where}: nothing was published, earlier "
+                       "outputs are kept", EXIT_INTERNAL)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
-    return wrapper
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """As click's, but a usage error is one line too (click prints four), naming the
+        command's --help."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            # Non-standalone click returns the code of a ctx.exit(code) (our commands return
+            # None): exit with it, as standalone click would.
+            code = super().main(*args, standalone_mode=False, **kwargs)
+            sys.exit(code if isinstance(code, int) else 0)
+        except click.UsageError as err:
+            command = err.ctx.command_path if err.ctx is not None else "ncnc"
+            click.echo(f"error: {err.format_message()} (see {command} --help)", err=True)
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            click.echo(f"error: {err.format_message()}", err=True)
+            sys.exit(err.exit_code)
+        except click.exceptions.Abort:
+            click.echo("interrupted: nothing was published, earlier outputs are kept", err=True)
+            sys.exit(EXIT_SIGINT)
+        except click.exceptions.Exit as done:
+            sys.exit(done.exit_code)
 
 
-@click.group()
+def _fail(ctx: click.Context, line: str, code: int) -> None:
+    click.echo(line, err=True)
+    ctx.exit(code)
+
+
+@click.group(cls=NcncGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
 @click.version_option(package_name="ncnc-toolchain")
 def cli(verbose: bool) -> None:
@@ -77,7 +139,6 @@ def cli(verbose: bool) -> None:
               help="Share of --edges held out for testing (default 0).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@_user_errors_exit_2
 def train(model_kind: str, out: Path, dataset: str | None, data_root: Path | None,
           edges: Path | None, features: Path | None, config_file: Path | None,
           epochs: int | None, seed: int | None, batch_size: int | None, hidden: int | None,
@@ -99,7 +160,6 @@ def train(model_kind: str, out: Path, dataset: str | None, data_root: Path | Non
 @click.option("--pos", type=EXISTING_FILE, help="Parquet positive pairs (src, dst).")
 @click.option("--neg", type=EXISTING_FILE, help="Parquet negative pairs (src, dst).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
-@_user_errors_exit_2
 def evaluate(checkpoint: Path, pos: Path | None, neg: Path | None, device: str) -> None:
     """Print hits@20/50/100, mrr, auc as one JSON object (default: the checkpoint's test split)."""
     click.echo(json.dumps(ncnc.evaluate(checkpoint, pos, neg, device)))
@@ -115,7 +175,6 @@ def evaluate(checkpoint: Path, pos: Path | None, neg: Path | None, device: str) 
               help="Sign the bundle with this PEM elliptic-curve private key (P-256/384/521, no "
                    "password), so that score --verify-key can refuse bundles you did not make "
                    "(pip install 'ncnc-toolchain[sign]').")
-@_user_errors_exit_2
 def export(checkpoint: Path, out: Path, edges: Path | None, sign_key: Path | None) -> None:
     """Export a checkpoint into a validated, self-contained scoring bundle."""
     manifest = ncnc.export(checkpoint, out, edges, sign_key=sign_key)
@@ -136,6 +195,9 @@ def export(checkpoint: Path, out: Path, edges: Path | None, sign_key: Path | Non
 @click.option("--batch-size", type=click.IntRange(min=1), default=65536,
               help="Pairs read and scored at a time.")
 @click.option("--device", type=DEVICE, default="auto")
+@click.option("--memo-mib", type=click.FloatRange(min=0), default=256,
+              help="Memory for NCNC's memo of completion-pair logits across batches (the same "
+                   "scores, fewer head evaluations); 0 turns it off.")
 @click.option("--on-unknown", type=click.Choice(["error", "skip"]), default="error",
               help="What to do with ids that are not nodes of the graph.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
@@ -157,9 +219,9 @@ def export(checkpoint: Path, out: Path, edges: Path | None, sign_key: Path | Non
               help="Refuse the bundle unless its signature (export --sign-key) verifies with "
                    "this PEM public key (pip install 'ncnc-toolchain[sign]').")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@_user_errors_exit_2
 def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out: Path,
-          top_k: int | None, per_source: bool, batch_size: int, device: str, on_unknown: str,
+          top_k: int | None, per_source: bool, batch_size: int, device: str, memo_mib: float,
+          on_unknown: str,
           report: Path | None, resume: bool, resume_every: int, engine: str,
           ray_address: str | None, num_workers: int | None, verify_key: Path | None,
           quiet: bool) -> None:
@@ -179,7 +241,8 @@ def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out
                                  options=RayOptions(ray_address, num_workers),
                                  verify_key=verify_key, **options)
     else:
-        scorer = ncnc.load_bundle(bundle, verify_key=verify_key).scorer(device=device)
+        scorer = ncnc.load_bundle(bundle, verify_key=verify_key).scorer(device=device,
+                                                                       memo_mib=memo_mib)
         result = scorer.score_parquet([*pairs, *more_pairs], out, resume=resume,
                                       resume_every=resume_every, **options)
     click.echo(json.dumps(result))
@@ -203,7 +266,6 @@ def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out
               help="Refuse the bundle unless its signature (export --sign-key) verifies with "
                    "this PEM public key (pip install 'ncnc-toolchain[sign]').")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@_user_errors_exit_2
 def candidates(bundle: Path, out: Path, nodes: Path | None, both_directions: bool,
                max_per_node: int | None, common_neighbors: bool, verify_key: Path | None,
                quiet: bool) -> None:

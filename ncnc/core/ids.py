@@ -15,6 +15,7 @@ import polars as pl
 import torch
 
 from ncnc.core.errors import InputError, examples
+from ncnc.core.hashing import KeyTable
 from ncnc.core.tables import read_parquet_table
 
 
@@ -51,8 +52,6 @@ class IdMap:
             raise TypeError(f"IdMap ids must be Int64 or String, got {self.ids.dtype}")
         if self.ids.null_count() or self.ids.n_unique() != self.ids.len():
             raise ValueError("IdMap ids must be distinct and not null")
-        # lookup() binary-searches sorted ids (from_ids sorts); other orders take a hash join.
-        object.__setattr__(self, "_sorted", bool(self.ids.is_sorted()))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, IdMap):
@@ -99,13 +98,15 @@ class IdMap:
     def lookup(self, values: pl.Series, *, what: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Map original ids to node indices without raising on unknown ids.
 
-        A binary search in the sorted ids, so the cost per call grows with ``len(values)`` only
-        (not with the size of the graph): batch jobs call it once per batch.
+        Dense integer ids (spanning at most 8x their count) take one array gather; other ids a
+        hash index built on first use (open addressing, compiled): the cost per call grows with
+        ``len(values)`` only, not with the size of the graph, and batch jobs call it per batch.
+        Integers outside the Int64 range (uint64 above 2^63 - 1) are unknown ids, like any
+        other id that is not a node.
 
         Returns:
             ``(index, known)``: int64 and bool tensors of the same length as ``values``; ``index``
-            is -1 where ``known`` is False (an id that is not a node, a null, or an integer
-            beyond Int64, which no node has).
+            is -1 where ``known`` is False (an id that is not a node, or a null).
 
         Raises:
             InputError: the values are of the other id kind (``what`` names the input).
@@ -118,33 +119,27 @@ class IdMap:
                 f"{what}: ids are {kind or values.dtype} but the graph's node ids are {self.kind}"
                 f" (examples: {examples(values)})"
             )
-        # Not strict: an integer id beyond Int64 (a UInt64 above 2**63 - 1) cannot be a node; it
-        # becomes null here, and a null is an unknown id.
-        values = values.cast(self.ids.dtype, strict=False)
+        values, valid = _canonical(values, self.ids.dtype)
         dense = self._dense_table()
-        if dense is not None and not values.null_count():
+        if dense is not None:
             low, table = dense
             raw = values.to_numpy()
-            inside = (raw >= low) & (raw <= low + table.size - 1)  # bounds are ids: no overflow
+            inside = valid & (raw >= low) & (raw <= low + table.size - 1)  # no overflow: ids
             index = np.where(inside, table[np.where(inside, raw - low, 0)], -1).astype(np.int64)
-            return torch.from_numpy(index), torch.from_numpy(index >= 0)
-        if self._sorted and len(self):
-            position = self.ids.search_sorted(values).clip(upper_bound=len(self) - 1)
-            found = (self.ids.gather(position) == values).fill_null(False)
-            index = pl.select(pl.when(found).then(position).otherwise(-1)).to_series()
         else:
-            index = values.replace_strict(
-                self.ids, pl.int_range(len(self), dtype=pl.Int64, eager=True), default=-1,
-                return_dtype=pl.Int64,
-            )
+            index = self._hash_index().find(values, valid)
         # numpy, not torch, for the element-wise work: tiny torch ops pay a thread-pool handoff.
-        index = index.cast(pl.Int64).fill_null(-1).to_numpy().copy()
         return torch.from_numpy(index), torch.from_numpy(index >= 0)
+
+    def _hash_index(self) -> _HashIndex:
+        if not hasattr(self, "_hashed"):
+            object.__setattr__(self, "_hashed", _HashIndex(self.ids))
+        return self._hashed
 
     def _dense_table(self) -> tuple[int, np.ndarray] | None:
         """For integer ids spanning at most 8 x their count: ``(min id, index by id - min)``.
 
-        Built on first use and kept; a lookup is then one gather (about 10x a binary search).
+        Built on first use and kept; a lookup is then one gather.
         """
         if not hasattr(self, "_dense"):
             dense = None
@@ -201,3 +196,64 @@ class IdMap:
                 f"{examples(duplicated)}"
             )
         return cls(ids)
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _canonical(values: pl.Series, dtype: pl.DataType) -> tuple[pl.Series, np.ndarray]:
+    """``values`` in the map's dtype (Int64 or String) with nulls filled, and a bool array of
+    the entries that can be ids at all (not null; for integers, inside the Int64 range)."""
+    valid = ~values.is_null().to_numpy()
+    if dtype == pl.Int64 and values.dtype == pl.UInt64:
+        inside = (values <= _INT64_MAX).fill_null(False).to_numpy()
+        valid &= inside
+        values = pl.Series(values.name, np.where(inside, values.fill_null(0).to_numpy(), 0)
+                           .astype(np.int64))
+    values = values.cast(dtype)
+    return values.fill_null(0 if dtype == pl.Int64 else ""), valid
+
+
+class _HashIndex:
+    """Id -> index through a :class:`~ncnc.core.hashing.KeyTable`, built once per map.
+
+    Integer ids are their own keys (exact). String ids are keyed by polars' 64-bit hash, and a
+    hit is confirmed by comparing the strings, so an unknown id whose hash collides with a node's
+    is still unknown; should two of the map's own ids share a hash, the map binary-searches its
+    sorted ids instead.
+    """
+
+    def __init__(self, ids: pl.Series) -> None:
+        self.ids = ids
+        self.strings = ids.dtype == pl.String
+        self.table = KeyTable(len(ids))
+        # Positions are insertion order, i.e. node indices; -2 marks a repeated key.
+        self.usable = bool((self.table.insert(self._keys(ids)) >= 0).all())
+        self.sorted = bool(ids.is_sorted())
+
+    def _keys(self, values: pl.Series) -> np.ndarray:
+        if self.strings:
+            return values.hash(seed=0).to_numpy()
+        return values.to_numpy().view(np.uint64)
+
+    def find(self, values: pl.Series, valid: np.ndarray) -> np.ndarray:
+        """Node indices of ``values`` (-1 where unknown or not ``valid``)."""
+        if len(self.ids) == 0:
+            return np.full(values.len(), -1, dtype=np.int64)
+        if not self.usable:
+            return self._search(values, valid)
+        index = self.table.find(self._keys(values), valid)
+        if self.strings:
+            hit = index >= 0
+            same = (self.ids.gather(np.where(hit, index, 0)) == values).to_numpy()
+            index[hit & ~same] = -1
+        return index
+
+    def _search(self, values: pl.Series, valid: np.ndarray) -> np.ndarray:
+        ids = self.ids if self.sorted else self.ids.sort()
+        order = None if self.sorted else self.ids.arg_sort().to_numpy()
+        position = ids.search_sorted(values).clip(upper_bound=len(ids) - 1).to_numpy().astype(
+            np.int64)
+        found = valid & (ids.gather(position) == values).to_numpy()
+        index = np.where(found, position if order is None else order[position], -1)
+        return index.astype(np.int64)

@@ -8,14 +8,113 @@ Python API take polars, pandas or Arrow tables and give back the kind it was giv
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ncnc.core.errors import InputError, examples
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type), for a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _cannot_read(what: str, path: Path, exc: BaseException) -> InputError:
+    return InputError(f"{what} {path}: cannot be read as Parquet ({_reason(exc)})")
+
+
+# Every Parquet read goes through pyarrow: on damaged files it raises Python exceptions, where
+# polars' reader was seen to panic in its worker threads and abort the whole process (SIGABRT,
+# with a Rust backtrace), so that no one-line error could be given.
+
+
+def parquet_schema(path: Path, *, what: str) -> tuple[pl.Schema, int]:
+    """The polars schema of a Parquet file and its row count, from the footer alone.
+
+    Raises:
+        InputError: the file cannot be read as Parquet.
+    """
+    try:
+        footer = pq.ParquetFile(path, pre_buffer=False)
+        fields = _plain_schema(footer.schema_arrow)
+        return pl.DataFrame(pl.from_arrow(fields.empty_table())).schema, footer.metadata.num_rows
+    except Exception as exc:  # pyarrow raises OSError, ArrowInvalid, ... for a damaged footer
+        raise _cannot_read(what, path, exc) from exc
+
+
+def _plain_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` without its key-value metadata (a damaged footer's metadata bytes need not be
+    UTF-8, and polars panics on them; ids and features need none of it)."""
+    return pa.schema([pa.field(f.name, f.type, f.nullable) for f in schema])
+
+
+def _as_frame(table: pa.Table, *, what: str, path: Path) -> pl.DataFrame:
+    """``table`` as a polars frame, after Arrow's full validation: invalid UTF-8 in a string
+    column (a damaged page pyarrow decoded without complaint) is an InputError here, where
+    polars would panic."""
+    try:
+        table.validate(full=True)
+        table = table.cast(_plain_schema(table.schema))
+    except Exception as exc:
+        raise _cannot_read(what, path, exc) from exc
+    return pl.DataFrame(pl.from_arrow(table))
+
+
+def iter_parquet_batches(path: Path, columns: Sequence[str], batch_size: int, *, what: str,
+                         skip: int = 0, take: int | None = None) -> Iterator[pl.DataFrame]:
+    """The rows ``[skip, skip + take)`` of a Parquet file's ``columns``, ``batch_size`` at a time:
+    every frame but the last has exactly ``batch_size`` rows. Row groups before ``skip`` are not
+    decoded; memory stays bounded by a few batches (``pre_buffer=False``).
+
+    Raises:
+        InputError: the file cannot be decoded (the message names it). A damaged file can also
+            end early without an error: callers compare the rows read with the footer's count.
+    """
+    try:
+        source = pq.ParquetFile(path, pre_buffer=False)
+        sizes = [source.metadata.row_group(g).num_rows for g in range(source.num_row_groups)]
+    except Exception as exc:
+        raise _cannot_read(what, path, exc) from exc
+    groups, offset, first = [], 0, 0  # the row groups holding rows at or after skip
+    for group, size in enumerate(sizes):
+        if first + size > skip:
+            if not groups:
+                offset = skip - first  # rows of the first kept group before skip
+            groups.append(group)
+        first += size
+    remaining = take
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    batches = source.iter_batches(batch_size=batch_size, row_groups=groups,
+                                  columns=list(columns)) if groups else iter(())
+    while remaining is None or remaining > 0:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except Exception as exc:
+            raise _cannot_read(what, path, exc) from exc
+        if offset:
+            cut = min(offset, batch.num_rows)
+            batch, offset = batch.slice(cut), offset - cut
+        if remaining is not None:
+            batch = batch.slice(0, remaining)
+            remaining -= batch.num_rows
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        while pending_rows >= batch_size:
+            table = pa.Table.from_batches(pending)
+            yield _as_frame(table.slice(0, batch_size), what=what, path=path)
+            pending = table.slice(batch_size).to_batches()
+            pending_rows -= batch_size
+    if pending_rows:
+        yield _as_frame(pa.Table.from_batches(pending), what=what, path=path)
 
 
 def read_parquet_table(path: Path, *, columns: Sequence[str] | None, what: str) -> pl.DataFrame:
@@ -33,11 +132,7 @@ def read_parquet_table(path: Path, *, columns: Sequence[str] | None, what: str) 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} {path}: no such file")
-    try:
-        schema = pl.read_parquet_schema(path)
-    except Exception as exc:  # polars raises several types for a file that is not Parquet
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{what} {path}: cannot be read as Parquet ({reason})") from exc
+    schema, rows = parquet_schema(path, what=what)
     if columns is not None:
         missing = [c for c in columns if c not in schema]
         if missing:
@@ -46,17 +141,21 @@ def read_parquet_table(path: Path, *, columns: Sequence[str] | None, what: str) 
                 f" (columns present: {', '.join(schema.names()) or 'none'})"
             )
     try:
-        frame = pl.read_parquet(path, columns=list(columns) if columns is not None else None)
+        table = pq.read_table(path, columns=list(columns) if columns is not None else None,
+                              pre_buffer=False)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{what} {path}: cannot be read as Parquet ({reason})") from exc
+        raise _cannot_read(what, path, exc) from exc
+    frame = _as_frame(table, what=what, path=path)
+    if frame.height != rows:
+        raise InputError(f"{what} {path}: {frame.height} rows could be read of the {rows} its "
+                         "footer lists (the file is damaged)")
     for name in frame.columns:
         nulls = frame[name].is_null()
         if nulls.any():
-            rows = nulls.arg_true()
+            found = nulls.arg_true()
             raise InputError(
-                f"{what} {path} column {name}: {rows.len()} null value(s), in rows "
-                f"{examples(rows)}"
+                f"{what} {path} column {name}: {found.len()} null value(s), in rows "
+                f"{examples(found)}"
             )
     return frame
 

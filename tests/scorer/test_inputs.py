@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
 
 from ncnc.core.errors import InputError
-from ncnc.scorer.inputs import expand_inputs, inspect_pair_files, iter_pair_batches
+from ncnc.scorer.inputs import (
+    expand_inputs,
+    inspect_pair_files,
+    iter_pair_batches,
+    open_inputs,
+)
 from tests.scorer.conftest import random_pairs
 
 
@@ -136,3 +142,33 @@ def test_paths_that_exist_are_never_read_as_patterns(tmp_path, write_pairs, stri
     assert expand_inputs([literal, tmp_path / "run[7]", star]) == [literal, inside, star]
     # A path that does not exist is a pattern.
     assert expand_inputs([str(tmp_path / "pairs[0-9].parquet")]) == [tmp_path / "pairs1.parquet"]
+
+
+def test_damaged_pages_give_an_input_error_never_a_panic(tmp_path, write_pairs, string_ids):
+    # Regression: polars' streaming reader panicked on damaged pages (a Rust backtrace of ~30
+    # lines) and, after a few, aborted the process (SIGABRT); the read now goes through pyarrow,
+    # with Arrow's full validation before polars sees the data (invalid UTF-8 made polars panic).
+    rng = np.random.default_rng(11)
+    originals = {}
+    for compression in ("zstd", "snappy", "uncompressed"):
+        path = tmp_path / f"{compression}.parquet"
+        random_pairs(string_ids, 3000, seed=5).write_parquet(path, row_group_size=500,
+                                                            compression=compression)
+        originals[compression] = path.read_bytes()
+    outcomes = {"read": 0, "refused": 0}
+    damaged = tmp_path / "damaged.parquet"
+    for trial in range(300):
+        data = bytearray(originals[("zstd", "snappy", "uncompressed")[trial % 3]])
+        for _ in range(int(rng.integers(1, 9))):
+            data[int(rng.integers(0, len(data) - 8))] = int(rng.integers(0, 256))
+        damaged.write_bytes(bytes(data))
+        try:
+            inputs = open_inputs([damaged], string_ids)
+            rows = sum(b.frame.height for b in iter_pair_batches(
+                inputs.files, 700, row_counts=inputs.row_counts))
+            assert rows == 3000
+            outcomes["read"] += 1
+        except InputError as error:
+            assert "damaged.parquet" in str(error) and "\n" not in str(error)
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 100 and sum(outcomes.values()) == 300

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -333,3 +334,75 @@ def test_cli_score_help_loads_no_training_code():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.split() == ["[]", "[]"]
+
+
+# The pipeline: reading, scoring and writing overlap -------------------------------------------
+
+class OverlapProbe:
+    """A scorer and a writer that only finish if the stages overlap: scoring batch k waits
+    until batch k + 1 has been read, and writing batch k waits until batch k + 1 is being
+    scored. Run one after the other, each wait would time out."""
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+        self.read = [threading.Event() for _ in range(batches + 1)]
+        self.scoring = [threading.Event() for _ in range(batches + 1)]
+        self.waited_in_vain: list[str] = []
+        self.calls = 0
+
+    def reading(self, batches):
+        for k, batch in enumerate(batches):
+            self.read[k].set()
+            yield batch
+        self.read[self.batches].set()
+
+    def score_logits(self, pairs: torch.Tensor) -> torch.Tensor:
+        k = self.calls
+        self.calls += 1
+        self.scoring[k].set()
+        if not self.read[k + 1].wait(timeout=10):
+            self.waited_in_vain.append(f"scoring {k} before reading {k + 1}")
+        return torch.zeros(pairs.size(0))
+
+    def write(self, frame: pl.DataFrame) -> None:
+        k = self.written = getattr(self, "written", -1) + 1
+        if k + 1 < self.batches and not self.scoring[k + 1].wait(timeout=10):
+            self.waited_in_vain.append(f"writing {k} before scoring {k + 1}")
+
+
+def test_reading_scoring_and_writing_overlap(string_ids, write_pairs):
+    from ncnc.scorer.inputs import iter_pair_batches
+    from ncnc.scorer.job import ScoringJob
+    from ncnc.scorer.outputs import OutputSpec
+
+    path = write_pairs(random_pairs(string_ids, 50, seed=3), "pairs.parquet")
+    probe = OverlapProbe(batches=5)
+    job = ScoringJob(probe, OutputSpec(string_ids), "error")
+    read, scored, kept = job.score(probe.reading(iter_pair_batches([path], 10)), probe)
+    assert (read, scored, kept) == (50, 50, None)
+    assert probe.waited_in_vain == []
+
+
+def test_an_error_in_any_stage_stops_the_job_and_is_raised(string_ids):
+    from ncnc.scorer.job import run_pipeline
+
+    consumed = []
+
+    def failing_reader():
+        yield 1
+        yield 2
+        raise InputError("pairs file x.parquet: damaged")
+
+    with pytest.raises(InputError, match="damaged"):
+        run_pipeline(failing_reader(), lambda item: item * 10, consumed.append)
+    assert consumed in ([], [10], [10, 20])  # what came before the error, in order
+
+    def failing_writer(item):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        run_pipeline(iter(range(100)), lambda item: item, failing_writer)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C arrives in the caller's thread
+        run_pipeline(iter(range(100)), lambda item: (_ for _ in ()).throw(KeyboardInterrupt()),
+                     consumed.append)
+    assert threading.active_count() < 20  # the stages' threads ended

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ncnc.triton_kernels.completion import Calibration, reproducible_sigmoid
+from ncnc.triton_kernels.completion import (
+    Calibration,
+    reproducible_sigmoid,
+    reproducible_sigmoid_reference,
+)
 
 
 def test_agrees_with_torch_sigmoid_in_float64():
@@ -51,3 +55,31 @@ def test_calibration_formula_and_dtype():
     got = calibration(logits)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-7)
+
+
+SPECIAL = [0.0, -0.0, 1e-300, -1e-300, 0.5, -0.5, 36.7, -36.7, 109.9, 110.0, -110.0, 745.0,
+           -745.0, float("inf"), float("-inf"), float("nan")]
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(((a.view(torch.int64) == b.view(torch.int64)) | (a.isnan() & b.isnan())).all())
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 4097, 65537])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_sigmoid_gives_the_reference_bits(size, dtype):
+    generator = torch.Generator().manual_seed(size)
+    z = torch.cat([torch.randn(size, generator=generator, dtype=torch.float64) * 40,
+                   torch.tensor(SPECIAL, dtype=torch.float64)]).to(dtype)
+    out = reproducible_sigmoid(z)
+    assert out.dtype == torch.float64 and out.shape == z.shape
+    assert same_bits(out, reproducible_sigmoid_reference(z))
+
+
+def test_compiled_sigmoid_does_not_depend_on_an_elements_position():
+    # The reason it exists: torch.sigmoid's vectorised and scalar paths differ in the last bit.
+    z = torch.randn(1000, dtype=torch.float64) * 10
+    whole = reproducible_sigmoid(z)
+    for offset in (0, 1, 3, 17, 999):
+        assert same_bits(reproducible_sigmoid(z[offset:].clone()), whole[offset:])
+    torch.testing.assert_close(whole, torch.sigmoid(z), rtol=0, atol=1e-15)
