@@ -30,6 +30,7 @@ from ncnc.scorer.bundle import (
     write_manifest,
 )
 from ncnc.scorer.engine import BatchScorer
+from ncnc.scorer.signing import check_signing_key, sign_bundle
 from ncnc.trainer.checkpoint import Checkpoint, library_versions, load_checkpoint
 from ncnc.trainer.data import load_edge_list
 from ncnc.trainer.model import PairPredictor
@@ -88,6 +89,8 @@ def export_bundle(
     out: Path,
     edges: Path | None = None,
     config: ExportConfig = ExportConfig(),
+    *,
+    sign_key: Path | str | None = None,
 ) -> dict[str, Any]:
     """Write a validated bundle directory at ``out`` (replacing an earlier one only on success).
 
@@ -103,20 +106,27 @@ def export_bundle(
             checkpoint's training + validation edges; its ids must all be in the checkpoint's id
             map (the model has no embedding for a new node). No retraining happens.
         config: ONNX opset, validation pair count, tolerance and batch sizes.
+        sign_key: a PEM elliptic-curve private key (P-256, P-384 or P-521, no password): sign
+            the bundle (``model.sig``, :mod:`ncnc.scorer.signing`) so that a reader can refuse
+            one it did not come from (``load_bundle(..., verify_key=public key)``). Needs the
+            ``[sign]`` extra. The key is checked before any work.
 
     Returns:
         The manifest written to ``out/manifest.json`` (see the README's bundle format).
 
     Raises:
         InputError: a bad checkpoint or edges file, an id of ``edges`` unknown to the checkpoint,
-            or ``out`` exists and is not a bundle.
+            ``out`` exists and is not a bundle, or ``sign_key`` is unreadable or unsupported.
         ExportValidationError: the ONNX or ``torch.export`` logits differ from the eager model's
             by more than ``config.atol``; no bundle is left at ``out`` then.
     """
     started = time.perf_counter()
     out, checkpoint = Path(out), Path(checkpoint)
-    refuse_outputs_over_inputs([out], [edges] if edges is not None else [], [checkpoint])
+    read = [p for p in (edges, sign_key) if p is not None]
+    refuse_outputs_over_inputs([out], [Path(p) for p in read], [checkpoint])
     _check_replaceable(out)
+    if sign_key is not None:
+        check_signing_key(sign_key)
     with Publication() as publication:
         staging = publication.directory(out)  # locks out first: a second export is refused at once
         ck = load_checkpoint(checkpoint, "cpu")
@@ -140,7 +150,9 @@ def export_bundle(
             "parity": parity,
             "versions": {**library_versions(), **_runtime_versions()},
             "export_seconds": round(time.perf_counter() - started, 2),
-        })
+        }, signed=sign_key is not None)
+        if sign_key is not None:
+            sign_bundle(staging, sign_key)
         publication.publish()
     return manifest
 

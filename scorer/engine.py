@@ -8,7 +8,11 @@ installed and the device is CUDA, the CPU provider otherwise).
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,10 +20,12 @@ from torch import Tensor
 
 from ncnc.core.device import resolve_device
 from ncnc.core.hashing import KeyTable
-from ncnc.scorer.bundle import Bundle
+from ncnc.scorer.bundle import Bundle, BundleError, ScoringSpec
+from ncnc.scorer.manifest import first_line
 from ncnc.triton_kernels.pair_scoring import pair_logits
 
 DEFAULT_MEMO_MIB = 256.0
+log = logging.getLogger("ncnc.scorer")
 
 
 class OnnxHead:
@@ -31,24 +37,38 @@ class OnnxHead:
     CUDA provider is then used) the head reads and writes device memory, after torch's stream
     has finished producing the inputs. Without a CUDA provider a CUDA scorer binds host copies
     (one round trip per call), which is what it did before IOBinding.
+
+    The session is checked against the bundle's spec before it is used (:func:`check_head`).
     """
 
-    def __init__(self, path, device: torch.device, threads: int | None = None) -> None:
+    def __init__(self, path: Path, spec: ScoringSpec, device: torch.device,
+                 threads: int | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: a head's warnings would break our one line
         if threads is not None:
             options.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
         on_gpu = device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
         if on_gpu:
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        printed = io.StringIO()  # onnxruntime prints provider fallbacks on stdout: our JSON's
+        try:
+            with contextlib.redirect_stdout(printed):
+                self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own types for a damaged model
+            raise BundleError(f"{path}: onnxruntime cannot load the head ({first_line(err)})"
+                              ) from err
+        if printed.getvalue().strip():
+            log.warning("onnxruntime: %s", " ".join(printed.getvalue().split()))
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_name = self.session.get_outputs()[0].name
+        outputs = self.session.get_outputs()
+        self.output_name = outputs[0].name if outputs else ""  # check_head refuses none
         self.device = device
         # Where the head's tensors live: the scorer's CUDA device, or the host.
         self.bound = device if on_gpu else torch.device("cpu")
+        check_head(self, path, spec)
 
     def _bind(self, binding, name: str, tensor: Tensor, *, output: bool = False) -> None:
         kind = self.bound.type
@@ -76,6 +96,42 @@ class OnnxHead:
             torch.cuda.current_stream(self.bound).synchronize()  # the inputs are written
         self.session.run_with_iobinding(binding)
         return logits.to(self.device)
+
+
+def head_inputs(model: str) -> list[str]:
+    """The inputs of a bundle's head: ``cn`` and ``xij``, GAE's ``xij`` alone."""
+    return ["xij"] if model == "gae" else ["cn", "xij"]
+
+
+def check_head(head: OnnxHead, path: Path, spec: ScoringSpec) -> None:
+    """Refuse a head that the spec's pairs cannot run through: inputs named by
+    :func:`head_inputs`, each float ``[num_pairs, hidden]`` with a dynamic batch axis, and one
+    float output ``[num_pairs]``, checked on the session and by a two-pair probe (whose output
+    buffer is bound as ``[2]``: a head that gives another shape fails there).
+
+    Raises:
+        BundleError: naming ``path`` and what differs.
+    """
+    wanted = head_inputs(spec.model)
+    inputs, outputs = head.session.get_inputs(), head.session.get_outputs()
+    if sorted(head.input_names) != sorted(wanted):
+        raise BundleError(f"{path}: the head takes inputs {head.input_names}; a {spec.model} "
+                          f"bundle's head takes {wanted}")
+    for node in inputs:
+        shape = list(node.shape)
+        if (node.type != "tensor(float)" or len(shape) != 2 or isinstance(shape[0], int)
+                or shape[1] != spec.hidden):
+            raise BundleError(f"{path}: head input {node.name} is {node.type} {shape}; expected "
+                              f"tensor(float) ['num_pairs', {spec.hidden}] (spec.hidden)")
+    if len(outputs) != 1 or outputs[0].type != "tensor(float)" or len(outputs[0].shape) != 1:
+        found = [f"{o.name} {o.type} {list(o.shape)}" for o in outputs]
+        raise BundleError(f"{path}: the head's outputs are {found}; expected one "
+                          "tensor(float) ['num_pairs']")
+    probe = torch.zeros(2, spec.hidden)
+    try:
+        head(probe, probe)
+    except Exception as err:  # onnxruntime's own types
+        raise BundleError(f"{path}: the head fails on two pairs ({first_line(err)})") from err
 
 
 MEMO_SLOT_BYTES = 16  # a key table slot: uint64 key and int64 position
@@ -143,7 +199,7 @@ class BatchScorer:
         self.memo = (InnerLogitMemo(memo_mib) if memo_mib > 0 and bundle.spec.model == "ncnc"
                      else None)
         self.engine_seconds = 0.0  # wall time inside score_logits: the device's share of a job
-        self.head = OnnxHead(bundle.head_path, self.device, threads)
+        self.head = OnnxHead(bundle.head_path, bundle.spec, self.device, threads)
 
     @property
     def stats(self) -> dict[str, float | int | None]:

@@ -171,9 +171,13 @@ def evaluate(checkpoint: Path, pos: Path | None, neg: Path | None, device: str) 
               help="Bundle directory to write (an earlier bundle there is replaced on success).")
 @click.option("--edges", type=EXISTING_FILE,
               help="A newer graph snapshot (src, dst) in the checkpoint's id space.")
-def export(checkpoint: Path, out: Path, edges: Path | None) -> None:
+@click.option("--sign-key", type=EXISTING_FILE, metavar="KEY",
+              help="Sign the bundle with this PEM elliptic-curve private key (P-256/384/521, no "
+                   "password), so that score --verify-key can refuse bundles you did not make "
+                   "(pip install 'ncnc-toolchain[sign]').")
+def export(checkpoint: Path, out: Path, edges: Path | None, sign_key: Path | None) -> None:
     """Export a checkpoint into a validated, self-contained scoring bundle."""
-    manifest = ncnc.export(checkpoint, out, edges)
+    manifest = ncnc.export(checkpoint, out, edges, sign_key=sign_key)
     click.echo(json.dumps({"bundle": str(out), "parity": manifest["parity"]}))
 
 
@@ -211,12 +215,16 @@ def export(checkpoint: Path, out: Path, edges: Path | None) -> None:
                    "$RAY_ADDRESS, else a local Ray.")
 @click.option("--num-workers", type=click.IntRange(min=1),
               help="With --engine ray: scoring actors (default one per GPU, else per CPU).")
+@click.option("--verify-key", type=EXISTING_FILE, metavar="PUB",
+              help="Refuse the bundle unless its signature (export --sign-key) verifies with "
+                   "this PEM public key (pip install 'ncnc-toolchain[sign]').")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out: Path,
           top_k: int | None, per_source: bool, batch_size: int, device: str, memo_mib: float,
           on_unknown: str,
           report: Path | None, resume: bool, resume_every: int, engine: str,
-          ray_address: str | None, num_workers: int | None, quiet: bool) -> None:
+          ray_address: str | None, num_workers: int | None, verify_key: Path | None,
+          quiet: bool) -> None:
     """Score candidate pairs from Parquet into Parquet, streaming; print the report as JSON."""
     if per_source and top_k is None:
         raise click.UsageError("--per-source needs --top-k")
@@ -230,9 +238,11 @@ def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out
         from ncnc.scorer.ray_engine import RayOptions, score_files_ray
 
         result = score_files_ray(bundle, [*pairs, *more_pairs], out, device=device,
-                                 options=RayOptions(ray_address, num_workers), **options)
+                                 options=RayOptions(ray_address, num_workers),
+                                 verify_key=verify_key, **options)
     else:
-        scorer = ncnc.load_bundle(bundle).scorer(device=device, memo_mib=memo_mib)
+        scorer = ncnc.load_bundle(bundle, verify_key=verify_key).scorer(device=device,
+                                                                       memo_mib=memo_mib)
         result = scorer.score_parquet([*pairs, *more_pairs], out, resume=resume,
                                       resume_every=resume_every, **options)
     click.echo(json.dumps(result))
@@ -252,13 +262,17 @@ def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out
               help="Keep the N candidates with the most common neighbours per src.")
 @click.option("--common-neighbors/--no-common-neighbors", default=True, show_default=True,
               help="Write the common_neighbors count column.")
+@click.option("--verify-key", type=EXISTING_FILE, metavar="PUB",
+              help="Refuse the bundle unless its signature (export --sign-key) verifies with "
+                   "this PEM public key (pip install 'ncnc-toolchain[sign]').")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def candidates(bundle: Path, out: Path, nodes: Path | None, both_directions: bool,
-               max_per_node: int | None, common_neighbors: bool, quiet: bool) -> None:
+               max_per_node: int | None, common_neighbors: bool, verify_key: Path | None,
+               quiet: bool) -> None:
     """Write the non-adjacent node pairs two hops apart (the pairs worth scoring)."""
     click.echo(json.dumps(ncnc.candidates(
         bundle, out, nodes=nodes, both_directions=both_directions, max_per_node=max_per_node,
-        common_neighbors=common_neighbors, progress=not quiet,
+        common_neighbors=common_neighbors, progress=not quiet, verify_key=verify_key,
     )))
 
 def main() -> None:

@@ -92,3 +92,38 @@ def test_refuses_to_replace_a_folder_that_is_not_a_bundle(checkpoints, tmp_path)
     with pytest.raises(InputError, match="not an ncnc bundle"):
         export_bundle(checkpoints["gae"], out)
     assert (out / "data.txt").read_text() == "keep me"
+
+
+def test_export_sign_key_signs_the_bundle_it_wrote(checkpoints, tmp_path):
+    pytest.importorskip("model_signing")
+    from click.testing import CliRunner
+
+    from ncnc.cli import cli
+    from ncnc.scorer.bundle import BundleError
+    from tests.scorer.tampering import file_hashes, write_key_pair
+
+    private, public = write_key_pair(tmp_path)
+    _, other = write_key_pair(tmp_path, "other")
+    out = tmp_path / "bundle"
+    before = file_hashes(checkpoints["gae"], private)
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(checkpoints["gae"]), "--out",
+                                      str(out), "--sign-key", str(private)])
+    assert result.exit_code == 0, result.output
+    assert file_hashes(checkpoints["gae"], private) == before
+    assert json.loads((out / "manifest.json").read_text())["signature"] == "model.sig"
+    assert (out / "model.sig").is_file()
+    assert load_bundle(out, verify_key=public).spec.model == "gae"
+    with pytest.raises(BundleError, match="signature does not verify"):
+        load_bundle(out, verify_key=other)
+    # A key that cannot sign is refused before any work; the earlier bundle stays.
+    manifest = (out / "manifest.json").read_text()
+    for bad, message in [(public, f"--sign-key {public}: not a PEM private key"),
+                         (out / "model.sig", f"output {out}: holds {out / 'model.sig'}")]:
+        result = CliRunner().invoke(cli, ["export", "--checkpoint", str(checkpoints["gae"]),
+                                          "--out", str(out), "--sign-key", str(bad)])
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert message in result.output
+        assert (out / "manifest.json").read_text() == manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "ncnc-key.pem",
+                                                          "ncnc-pub.pem", "other-key.pem",
+                                                          "other-pub.pem"]

@@ -11,9 +11,10 @@ from ncnc.scorer.engine import OnnxHead
 
 
 def test_the_bound_head_gives_the_plain_runs_logits(bundle_dir):
-    head = OnnxHead(bundle_dir / "head.onnx", torch.device("cpu"))
+    spec = ncnc.load_bundle(bundle_dir).spec
+    head = OnnxHead(bundle_dir / "head.onnx", spec, torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
-    hidden = ncnc.load_bundle(bundle_dir).spec.hidden
+    hidden = spec.hidden
     for batch in (1, 7, 1000):
         cn, xij = torch.randn(2, batch, hidden, generator=generator)
         bound = head(cn, xij)
@@ -23,8 +24,9 @@ def test_the_bound_head_gives_the_plain_runs_logits(bundle_dir):
 
 
 def test_non_contiguous_and_float64_inputs_are_bound_as_float32(bundle_dir):
-    head = OnnxHead(bundle_dir / "head.onnx", torch.device("cpu"))
-    hidden = ncnc.load_bundle(bundle_dir).spec.hidden
+    spec = ncnc.load_bundle(bundle_dir).spec
+    head = OnnxHead(bundle_dir / "head.onnx", spec, torch.device("cpu"))
+    hidden = spec.hidden
     cn = torch.randn(hidden, 20, dtype=torch.float64).t()  # a transposed view
     xij = torch.randn(20, hidden, dtype=torch.float64)
     (plain,) = head.session.run(None, {"cn": cn.float().numpy().copy(),
