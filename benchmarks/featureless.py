@@ -40,7 +40,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from accuracy import DATASET_DIRS, DEFAULT_PLANETOID, code_version, copy_planetoid
 
@@ -219,13 +219,18 @@ def print_variants(args: argparse.Namespace, folder: Path) -> None:
         if not seeds:
             continue
 
-        def cell(key: str, scale: float) -> str:
-            mine, base = ([scale * runs[name][s][key] for s in seeds]
-                          for name in (variant, "defaults"))
-            return f"{statistics.mean(mine):.2f} ({statistics.mean(base):.2f})"
+        cells = [paired_means(runs[variant], runs["defaults"], seeds, key, scale)
+                 for key, scale in (("valid_hits@100", 100), ("test_hits@100", 100),
+                                    ("train_seconds", 1))]
+        print(f"| {variant} | {graph} | {model} | {len(seeds)} | {' | '.join(cells)} |")
 
-        print(f"| {variant} | {graph} | {model} | {len(seeds)} | {cell('valid_hits@100', 100)} "
-              f"| {cell('test_hits@100', 100)} | {cell('train_seconds', 1)} |")
+
+def paired_means(mine: dict[int, dict], base: dict[int, dict], seeds: list[int], key: str,
+                 scale: float) -> str:
+    """``mean (mean of base)`` of ``key`` over the same seeds."""
+    ours = statistics.mean(scale * mine[s][key] for s in seeds)
+    theirs = statistics.mean(scale * base[s][key] for s in seeds)
+    return f"{ours:.2f} ({theirs:.2f})"
 
 
 def mean_std(values: list[float]) -> str:
@@ -294,7 +299,8 @@ def run_curves(args: argparse.Namespace, folder: Path) -> None:
                         "best_epoch": summary["best_epoch"], "wall_seconds": round(wall, 2),
                         "cpu_seconds": round(cpu, 2), "load_before": load,
                         "load_after": load_average(), "threads": args.threads,
-                        "commit": CODE_VERSION, "epochs": [{"epoch": e["epoch"], "seconds": round(e["seconds"], 3),
+                        "commit": CODE_VERSION,
+                        "epochs": [{"epoch": e["epoch"], "seconds": round(e["seconds"], 3),
                                     "valid_hits@100": e["valid"]["hits@100"],
                                     "test_hits@100": e["test"]["hits@100"],
                                     "test_auc": e["test"]["auc"]} for e in epochs],

@@ -25,9 +25,10 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ncnc.core.device import resolve_device
 from ncnc.core.errors import InputError
+from ncnc.core.extras import MissingExtraError, install_hint
 from ncnc.trainer.api import TrainRequest, run_config, split_graph
 from ncnc.trainer.config import ModelKind, RunConfig, dump_toml
 from ncnc.trainer.data import GraphData, load_edge_list
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ncnc.trainer")
 
-OPTUNA_HINT = "ncnc tune needs optuna: pip install 'ncnc-toolchain[tune]'"
+OPTUNA_HINT = f"ncnc tune needs optuna: {install_hint('tune')}"
 STUDY_NAME = "ncnc-tune"
 SEARCH_SPACE_VERSION = 1  # bump when suggest_settings changes: old studies then refuse --resume
 HIDDEN_CHOICES = [32, 64, 128, 256]
@@ -93,7 +95,7 @@ def import_optuna() -> Any:
     try:
         import optuna
     except ImportError as err:
-        raise InputError(OPTUNA_HINT) from err
+        raise MissingExtraError(OPTUNA_HINT) from err
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 

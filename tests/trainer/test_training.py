@@ -8,10 +8,10 @@ from typing import NamedTuple
 import pytest
 import torch
 
+from ncnc.trainer import training
 from ncnc.trainer.config import RunConfig, resolve_config
 from ncnc.trainer.splits import EdgeSplit, random_edge_split
 from ncnc.trainer.synthetic import community_graph
-from ncnc.trainer import training
 from ncnc.trainer.training import Stop, TrainingGraph, TrainingResult, train_model
 from ncnc.triton_kernels import build_csr
 
