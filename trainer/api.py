@@ -74,7 +74,8 @@ def load_graph(request: TrainRequest) -> GraphData:
 
 
 def run_config(request: TrainRequest, graph: GraphData) -> RunConfig:
-    """The request's settings for ``graph``: defaults < preset < ``--config`` < overrides."""
+    """The request's settings for ``graph``: defaults < dataset preset < ``--config`` <
+    overrides."""
     in_features = 0 if graph.features is None else graph.features.size(1)
     return resolve_config(
         request.model,
@@ -83,7 +84,6 @@ def run_config(request: TrainRequest, graph: GraphData) -> RunConfig:
         model_flags={**request.model_overrides, "num_nodes": graph.num_nodes,
                      "in_features": in_features},
         train_flags=request.train_overrides,
-        featureless=graph.features is None,
     )
 
 

@@ -1,8 +1,8 @@
 """Model and training configuration: dataclasses, per-dataset presets, TOML overrides.
 
-Precedence: built-in defaults < preset < ``--config FILE.toml`` < command-line flags. The preset
-is the dataset's (``--dataset``), or :data:`FEATURELESS` for an ``--edges`` graph without node
-features.
+Precedence: built-in defaults < dataset preset < ``--config FILE.toml`` < command-line flags.
+The built-in defaults are those of an ``--edges`` graph, with or without node features
+(docs/training.md: the featureless benchmark found no reason to give featureless graphs others).
 Field names follow the official NCNC code's flags where one exists (``xdp``, ``preedp``, ...), so
 its README commands translate one to one.
 """
@@ -77,7 +77,7 @@ class TrainConfig:
     # Early stopping. `epochs` is then a ceiling: training stops after `patience` epochs without a
     # better validation select_metric (0: never), or at the first epoch end past `max_minutes`
     # (0: no limit). The best-validation weights are kept either way. The Planetoid presets turn
-    # patience off (the paper's fixed 100 epochs); docs/training.md says how 10 was measured.
+    # patience off (the paper's fixed 100 epochs). docs/training.md: how 10 was measured.
     patience: int = 10
     max_minutes: float = 0.0
 
@@ -116,11 +116,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "epochs": 100, "val_fraction": 0.1, "test_fraction": 0.2, "patience": 0},
     },
 }
-
-# Defaults for an --edges graph without node features, where the encoder learns an embedding
-# table (docs/training.md: the featureless benchmark that chose them).
-FEATURELESS: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
-
 
 def _apply(section: Any, overrides: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(section)}
@@ -185,19 +180,12 @@ def resolve_config(
     config_file: Path | None = None,
     model_flags: dict[str, Any] | None = None,
     train_flags: dict[str, Any] | None = None,
-    featureless: bool = False,
 ) -> RunConfig:
-    """Defaults < preset < TOML file < flags (``None`` flag values are ignored).
-
-    The preset is ``dataset``'s; without a dataset, ``featureless=True`` (a graph without node
-    features) applies :data:`FEATURELESS`.
-    """
+    """Defaults < dataset preset < TOML file < flags (``None`` flag values are ignored)."""
     run = RunConfig(ModelConfig(model=model), TrainConfig())
     layers: list[tuple[str, dict[str, dict[str, Any]]]] = []
     if dataset is not None:
         layers.append((f"preset {dataset}", PRESETS.get(dataset.lower(), {})))
-    elif featureless:
-        layers.append(("featureless defaults", FEATURELESS))
     if config_file is not None:
         layers.append((str(config_file), load_toml(config_file)))
     flags = {"model": model_flags or {}, "train": train_flags or {}}

@@ -4,8 +4,6 @@ import pytest
 
 from ncnc.core.errors import InputError
 from ncnc.trainer.config import (
-    FEATURELESS,
-    ModelConfig,
     TrainConfig,
     dump_toml,
     resolve_config,
@@ -50,17 +48,9 @@ def test_planetoid_presets_keep_the_fixed_epochs_and_edge_lists_stop_early():
     for dataset in ("cora", "citeseer", "pubmed"):
         cfg = resolve_config("ncnc", dataset=dataset)
         assert (cfg.train.epochs, cfg.train.patience) == (100, 0)
-    edges = resolve_config("ncnc", featureless=True)
-    assert edges.train.patience == TrainConfig().patience > 0
+    edges = resolve_config("ncnc")
+    assert edges.train.patience == TrainConfig().patience == 10
     assert resolve_config("ncnc", train_flags={"patience": 0}).train.patience == 0
-
-
-def test_featureless_defaults_apply_to_edge_lists_without_features_only(monkeypatch):
-    monkeypatch.setitem(FEATURELESS, "model", {"hidden": 48})
-    assert resolve_config("ncn", featureless=True).model.hidden == 48
-    assert resolve_config("ncn", featureless=False).model.hidden == ModelConfig().hidden
-    assert resolve_config("ncn", dataset="cora", featureless=True).model.hidden == 256  # preset
-    assert resolve_config("ncn", featureless=True, model_flags={"hidden": 8}).model.hidden == 8
 
 
 @pytest.mark.parametrize("flags, message", [
