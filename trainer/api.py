@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,9 +13,9 @@ import torch
 from ncnc.core.device import resolve_device
 from ncnc.core.errors import InputError
 from ncnc.trainer.checkpoint import load_checkpoint, save_checkpoint
-from ncnc.trainer.config import ModelKind, resolve_config
+from ncnc.trainer.config import ModelKind, RunConfig, resolve_config
 from ncnc.trainer.data import GraphData, load_edge_list, load_planetoid, read_pairs
-from ncnc.trainer.splits import random_edge_split, reference_planetoid_split
+from ncnc.trainer.splits import EdgeSplit, random_edge_split, reference_planetoid_split
 from ncnc.trainer.training import (
     EpochRecord,
     TrainingGraph,
@@ -72,26 +73,11 @@ def load_graph(request: TrainRequest) -> GraphData:
     return load_edge_list(request.edges, request.features)
 
 
-def train(request: TrainRequest) -> dict[str, Any]:
-    """Load the graph, split it, train, and write a checkpoint directory at ``request.out``.
-
-    Edges are split into train / validation / test (``val_fraction``, ``test_fraction``; the
-    built-in datasets use the paper's split), the model is trained for ``epochs`` epochs and the
-    weights of the best validation epoch (``select_metric``, default hits@100) are kept.
-
-    Returns:
-        The summary ``ncnc train`` prints: ``model``, ``input``, ``num_nodes``, ``graph_stats``
-        (rows read, self loops and duplicates dropped, edges), ``best_epoch``, ``valid`` and
-        ``test`` metrics at that epoch (``hits@20/50/100`` and ``mrr`` as fractions, ``auc``;
-        ``test`` is ``None`` without a test split), ``seconds``, ``seconds_per_epoch``.
-
-    Raises:
-        InputError: not exactly one of ``dataset`` / ``edges``, unreadable or malformed input
-            files, bad settings, or too few edges to hold out validation edges.
-    """
-    graph = load_graph(request)
+def run_config(request: TrainRequest, graph: GraphData) -> RunConfig:
+    """The request's settings for ``graph``: defaults < dataset preset < ``--config`` <
+    overrides."""
     in_features = 0 if graph.features is None else graph.features.size(1)
-    cfg = resolve_config(
+    return resolve_config(
         request.model,
         dataset=request.dataset,
         config_file=request.config_file,
@@ -99,8 +85,16 @@ def train(request: TrainRequest) -> dict[str, Any]:
                      "in_features": in_features},
         train_flags=request.train_overrides,
     )
-    device = resolve_device(request.device)
-    if request.dataset is not None:  # the paper's protocol, split for split
+
+
+def split_graph(graph: GraphData, cfg: RunConfig, dataset: str | None) -> EdgeSplit:
+    """The run's train / validation / test split: the paper's for a built-in dataset, else a
+    random one of ``val_fraction`` / ``test_fraction`` drawn from ``cfg.train.seed``.
+
+    Raises:
+        InputError: too few edges to hold out validation edges and still train.
+    """
+    if dataset is not None:  # the paper's protocol, split for split
         split = reference_planetoid_split(graph.edges, graph.num_nodes, cfg.train.seed)
     else:
         split = random_edge_split(
@@ -114,6 +108,34 @@ def train(request: TrainRequest) -> dict[str, Any]:
         )
     log.info("split: %d train, %d valid, %d test edges", split.train.size(0),
              split.valid.size(0), split.test.size(0))
+    return split
+
+
+def train(request: TrainRequest) -> dict[str, Any]:
+    """Load the graph, split it, train, and write a checkpoint directory at ``request.out``.
+
+    Edges are split into train / validation / test (``val_fraction``, ``test_fraction``; the
+    built-in datasets use the paper's split). Training runs for at most ``epochs`` epochs and
+    stops earlier after ``patience`` epochs without a better validation metric
+    (``select_metric``, default hits@100) or past ``max_minutes``; the weights of the best
+    validation epoch are kept.
+
+    Returns:
+        The summary ``ncnc train`` prints: ``model``, ``input``, ``num_nodes``, ``graph_stats``
+        (rows read, self loops and duplicates dropped, edges), ``best_epoch``, ``stopped``
+        (``{"epoch", "reason"}``: the last epoch run and ``"patience"``, ``"max_minutes"`` or
+        ``"epochs"``), ``valid`` and ``test`` metrics at the best epoch (``hits@20/50/100`` and
+        ``mrr`` as fractions, ``auc``; ``test`` is ``None`` without a test split), ``seconds``,
+        ``seconds_per_epoch``.
+
+    Raises:
+        InputError: not exactly one of ``dataset`` / ``edges``, unreadable or malformed input
+            files, bad settings, or too few edges to hold out validation edges.
+    """
+    graph = load_graph(request)
+    cfg = run_config(request, graph)
+    device = resolve_device(request.device)
+    split = split_graph(graph, cfg, request.dataset)
     request.out.mkdir(parents=True, exist_ok=True)
     metrics_path = request.out / "metrics.jsonl"
     with metrics_path.open("w") as metrics_file:
@@ -130,14 +152,14 @@ def train(request: TrainRequest) -> dict[str, Any]:
         "num_nodes": graph.num_nodes,
         "graph_stats": graph.stats,
         "best_epoch": result.best_epoch,
+        "stopped": dataclasses.asdict(result.stopped),
         "valid": result.best_valid,
         "test": result.best_test,
         "seconds": round(result.seconds, 2),
         "seconds_per_epoch": round(result.seconds / max(len(result.history), 1), 3),
     }
     save_checkpoint(request.out, result.model, cfg, graph.features, graph.id_map, split, summary)
-    write_learning_curve(result.history, request.out / "learning_curve.png",
-                         cfg.train.select_metric)
+    write_learning_curve(result, request.out / "learning_curve.png", cfg.train.select_metric)
     return summary
 
 

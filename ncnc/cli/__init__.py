@@ -129,7 +129,13 @@ def cli(verbose: bool) -> None:
               help="Parquet node features: a node column plus numeric columns or one list column.")
 @click.option("--config", "config_file", type=EXISTING_FILE,
               help="TOML file with [model] and [train] tables overriding the defaults.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Training epochs.")
+@click.option("--epochs", type=click.IntRange(min=1),
+              help="Most training epochs (default 100).")
+@click.option("--patience", type=click.IntRange(min=0),
+              help="Stop after N epochs without a better validation hits@100 (0: run all "
+                   "epochs; default 10 for --edges, 0 for --dataset).")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True),
+              help="Stop at the first epoch end past M minutes of training.")
 @click.option("--seed", type=int, help="Seed of the split, the initialisation and the sampling.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Positive edges per step.")
 @click.option("--hidden", type=click.IntRange(min=1), help="Hidden width of encoder and predictor.")
@@ -141,18 +147,60 @@ def cli(verbose: bool) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(model_kind: str, out: Path, dataset: str | None, data_root: Path | None,
           edges: Path | None, features: Path | None, config_file: Path | None,
-          epochs: int | None, seed: int | None, batch_size: int | None, hidden: int | None,
+          epochs: int | None, patience: int | None, max_minutes: float | None,
+          seed: int | None, batch_size: int | None, hidden: int | None,
           val_fraction: float | None, test_fraction: float | None, device: str,
           quiet: bool) -> None:
-    """Train a GAE, NCN or NCNC model and write a checkpoint directory."""
+    """Train a GAE, NCN or NCNC model and write a checkpoint directory.
+
+    The weights of the best validation epoch are kept, whatever stopped the run."""
     summary = ncnc.train(ncnc.TrainRequest(
         model=model_kind, out=out, dataset=dataset, data_root=data_root, edges=edges,
         features=features, config_file=config_file, device=device, progress=not quiet,
         model_overrides={"hidden": hidden},
-        train_overrides={"epochs": epochs, "seed": seed, "batch_size": batch_size,
+        train_overrides={"epochs": epochs, "patience": patience, "max_minutes": max_minutes,
+                         "seed": seed, "batch_size": batch_size,
                          "val_fraction": val_fraction, "test_fraction": test_fraction},
     ))
     click.echo(json.dumps(summary))
+
+
+@cli.command()
+@click.option("--model", "model_kind", type=click.Choice(["gae", "ncn", "ncnc"]), required=True,
+              help="Which predictor to tune.")
+@click.option("--edges", type=EXISTING_FILE, required=True,
+              help="Parquet edge list with columns src, dst.")
+@click.option("--features", type=EXISTING_FILE, help="Parquet node features, as for train.")
+@click.option("--config", "config_file", type=EXISTING_FILE,
+              help="TOML settings to start from (those not searched stay fixed).")
+@click.option("--trials", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Finished trials the study should hold (a resumed study runs the rest).")
+@click.option("--timeout", "timeout_minutes", type=click.FloatRange(min=0, min_open=True),
+              help="Minutes: start no trial after this, and cut the running one here.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Study folder: study.db, best.toml, report.json, history.png, "
+                   "importances.png.")
+@click.option("--resume", is_flag=True, help="Continue the study in --out.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the split, every trial's training and the sampler.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def tune(model_kind: str, edges: Path, features: Path | None, config_file: Path | None,
+         trials: int, timeout_minutes: float | None, out: Path, resume: bool, seed: int,
+         device: str, quiet: bool) -> None:
+    """Search hyperparameters on validation hits@100 (Optuna; needs ncnc-toolchain[tune]).
+
+    Writes best.toml for `ncnc train --config`; the test split is never scored."""
+    from ncnc.trainer.tuning import TuneRequest
+    from ncnc.trainer.tuning import tune as run_tune
+
+    report = run_tune(TuneRequest(
+        model=model_kind, edges=edges, out=out, features=features, config_file=config_file,
+        trials=trials, timeout_minutes=timeout_minutes, resume=resume, seed=seed,
+        device=device, progress=not quiet,
+    ))
+    click.echo(json.dumps({k: report[k] for k in ("best", "importances", "trials",
+                                                  "best_config", "plots")}))
 
 
 @cli.command()
