@@ -77,10 +77,10 @@ def test_graph_refresh_uses_the_new_snapshot(checkpoints, graph_files, tmp_path)
     assert bundle.graph.num_entries == 2 * edges.height + 2  # every snapshot edge, both ways
 
 
-def test_graph_refresh_with_an_unknown_node_is_a_clear_error(checkpoints, tmp_path):
+def test_a_new_node_of_a_featured_model_without_features_is_a_clear_error(checkpoints, tmp_path):
     snapshot = tmp_path / "today.parquet"
     pl.DataFrame({"src": ["n0", "stranger"], "dst": ["n1", "n2"]}).write_parquet(snapshot)
-    with pytest.raises(InputError, match="cannot embed.*stranger"):
+    with pytest.raises(InputError, match="new to the checkpoint.*--features.*stranger"):
         export_bundle(checkpoints["ncn"], tmp_path / "b", edges=snapshot)
     assert not (tmp_path / "b").exists()
 
