@@ -38,8 +38,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -48,11 +46,8 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from accuracy import DEFAULT_PLANETOID, RESULTS, code_version, copy_planetoid
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-DEFAULT_PLANETOID = ROOT.parent / "shared" / "data" / "planetoid"
-DATASET_DIRS = {"cora": "Cora", "citeseer": "CiteSeer"}
 DATASETS = ("cora", "citeseer", "cora-featureless", "synthetic-100k")
 METHODS = ("inductive", "retrained", "adamic-adar")
 NODE_FRACTION = 0.1
@@ -259,14 +254,6 @@ def pair_files(graph: FullGraph, holdout: Holdout, tmp: Path) -> dict[str, Path]
     }
 
 
-def code_version() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def load_runs(path: Path) -> dict[tuple[str, int, str], dict]:
     runs = {}
     if path.exists():
@@ -349,13 +336,8 @@ def main() -> None:
     runs = load_runs(args.runs_file)
     commit = code_version()
     with tempfile.TemporaryDirectory() as scratch:
-        planetoid = Path(scratch) / "planetoid"
-        for name, folder in DATASET_DIRS.items():  # the shared raw files are read-only
-            if any(d.startswith(name) for d in args.datasets):
-                raw = args.planetoid / folder / "raw"
-                if not raw.is_dir():
-                    sys.exit(f"error: {raw} not found (pass --planetoid DIR)")
-                shutil.copytree(raw, planetoid / folder / "raw", dirs_exist_ok=True)
+        bases = sorted({d.removesuffix("-featureless") for d in args.datasets} - {"synthetic-100k"})
+        planetoid = copy_planetoid(args.planetoid, bases, Path(scratch) / "planetoid")
         for dataset in args.datasets:
             todo = [(seed, method) for seed in range(args.seeds) for method in args.methods
                     if (dataset, seed, method) not in runs]

@@ -37,6 +37,7 @@ from ncnc.trainer.inductive import (
     DEFAULT_NEW_NODE_RULE,
     NewNodeRule,
     SnapshotInputs,
+    check_features_fit,
     check_rule,
     snapshot_inputs,
 )
@@ -190,6 +191,8 @@ def _inference_graph(ck: Checkpoint, edges: Path | None, features: Path | None,
         snapshot = snapshot_inputs(ck, ck.id_map, graph, None, new_nodes,
                                    source="the checkpoint's graph")
         return graph, ck.id_map, snapshot
+    if features is not None:  # before reading it: its rows do not matter to such a model
+        check_features_fit(ck, features, f"features file {features}")
     today = load_edge_list(edges, features, nodes)
     graph = build_csr(today.edges.t(), today.num_nodes)
     snapshot = snapshot_inputs(ck, today.id_map, graph, today.features, new_nodes,

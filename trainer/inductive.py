@@ -108,9 +108,7 @@ def snapshot_inputs(ck: Checkpoint, id_map: IdMap, graph: CSRGraph, features: Te
         inputs = _featured_inputs(ck, index, known, features, new_ids, source)
         report["new_node_rule"] = "error" if rule == "error" else "features"
     else:
-        if features is not None:
-            raise InputError(f"{source}: the checkpoint was trained without node features; "
-                             "drop --features (new nodes take the --new-nodes rule)")
+        check_features_fit(ck, features, source)
         learned = ck.model.encoder.embedding.weight.detach()
         inputs, global_mean = cold_start_embeddings(learned, index, known, graph.to(device),
                                                     "zero" if rule == "zero" else "mean")
@@ -119,6 +117,13 @@ def snapshot_inputs(ck: Checkpoint, id_map: IdMap, graph: CSRGraph, features: Te
             report["new_nodes_given_the_global_mean"] = global_mean
     log.info("snapshot %s: %s", source, report)
     return SnapshotInputs(inputs, report)
+
+
+def check_features_fit(ck: Checkpoint, features: object | None, source: str) -> None:
+    """Refuse features (a tensor or a file) for a model trained without them."""
+    if features is not None and ck.features is None:
+        raise InputError(f"{source}: the checkpoint was trained without node features; drop "
+                         "--features (new nodes take the --new-nodes rule)")
 
 
 def _model_device(ck: Checkpoint) -> torch.device:

@@ -27,9 +27,9 @@ EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
 # The rules of ncnc.trainer.inductive (listed here so that --help imports no training code).
 NEW_NODES = click.Choice(["mean", "zero", "error"])
-NEW_NODES_HELP = ("How a node the checkpoint never saw is embedded when the model has no node "
-                  "features: mean of its known neighbours' learned rows (iterated outwards), "
-                  "zero, or error (refuse it). Featured models embed it from its features.")
+NEW_NODES_HELP = ("A node the checkpoint never saw, if the model has no node features, takes "
+                  "the mean of its known neighbours' learned rows (iterated outwards), a zero "
+                  "row, or is refused (error). Featured models embed it from its features.")
 
 
 def _user_errors_exit_2(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -107,7 +107,7 @@ def train(model_kind: str, out: Path, dataset: str | None, data_root: Path | Non
 @click.option("--pos", type=EXISTING_FILE, help="Parquet positive pairs (src, dst).")
 @click.option("--neg", type=EXISTING_FILE, help="Parquet negative pairs (src, dst).")
 @click.option("--new-nodes", type=NEW_NODES, default="mean", show_default=True,
-              help="With --checkpoint: " + NEW_NODES_HELP + " Pairs a featured model cannot "
+              help="With --checkpoint. " + NEW_NODES_HELP + " Pairs a featured model cannot "
                    "embed are left out and counted in cold_start.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @_user_errors_exit_2
