@@ -23,7 +23,9 @@ score; having no neighbours, they have no common neighbours.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import polars as pl
@@ -207,7 +209,7 @@ class EvaluationInputs:
     report: dict[str, Any]
 
 
-def read_pairs_with_new_nodes(id_map: IdMap, paths: list, rule: NewNodeRule
+def read_pairs_with_new_nodes(id_map: IdMap, paths: Sequence[Path], rule: NewNodeRule
                               ) -> tuple[list[Tensor], pl.Series]:
     """Read Parquet pair files (``src``, ``dst``); ids outside ``id_map`` become new nodes.
 
