@@ -210,6 +210,16 @@ SCHEMA = Record({
     "exported_from": Text(),
     "graph_source": Text(),
     "num_edges": Integer(0, 1 << 61),
+    "snapshot": Record({  # the graph exported against the checkpoint (docs/growing-graphs.md)
+        "nodes": Integer(1, 1 << 48),
+        "known_nodes": COUNT,
+        "new_nodes": COUNT,
+        "removed_nodes": COUNT,
+        "new_nodes_without_edges": COUNT,
+        "new_node_rule": Text(("features", "mean", "zero", "error")),
+        "new_nodes_given_the_global_mean": Nullable(COUNT),
+        "features_source": Nullable(Text()),
+    }),
     "opset": Integer(7, 1000),
     "parity": Record({
         "pairs": COUNT,
@@ -279,6 +289,14 @@ def check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
         raise BundleError(f"{path}: field spec.depth must be "
                           f"{' or '.join(map(str, DEPTHS[spec['model']]))} for model "
                           f"{spec['model']!r}, got {spec['depth']}")
+    snapshot = manifest["snapshot"]
+    if snapshot["nodes"] != spec["num_nodes"]:
+        raise BundleError(f"{path}: field snapshot.nodes must equal spec.num_nodes "
+                          f"({spec['num_nodes']}), got {snapshot['nodes']}")
+    if snapshot["known_nodes"] + snapshot["new_nodes"] != snapshot["nodes"]:
+        raise BundleError(f"{path}: field snapshot.new_nodes must be snapshot.nodes - "
+                          f"snapshot.known_nodes ({snapshot['nodes'] - snapshot['known_nodes']}), "
+                          f"got {snapshot['new_nodes']}")
     return manifest
 
 

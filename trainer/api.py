@@ -13,9 +13,21 @@ import torch
 from ncnc.core.device import resolve_device
 from ncnc.core.errors import InputError
 from ncnc.trainer.checkpoint import load_checkpoint, save_checkpoint
+<<<<<<< HEAD
 from ncnc.trainer.config import ModelKind, RunConfig, resolve_config
 from ncnc.trainer.data import GraphData, load_edge_list, load_planetoid, read_pairs
 from ncnc.trainer.splits import EdgeSplit, random_edge_split, reference_planetoid_split
+=======
+from ncnc.trainer.config import ModelKind, resolve_config
+from ncnc.trainer.data import GraphData, load_edge_list, load_planetoid
+from ncnc.trainer.inductive import (
+    DEFAULT_NEW_NODE_RULE,
+    NewNodeRule,
+    evaluation_inputs,
+    read_pairs_with_new_nodes,
+)
+from ncnc.trainer.splits import random_edge_split, reference_planetoid_split
+>>>>>>> h5-growing
 from ncnc.trainer.training import (
     EpochRecord,
     TrainingGraph,
@@ -168,8 +180,14 @@ def evaluate(
     pos: Path | None = None,
     neg: Path | None = None,
     device: str = "auto",
+    new_nodes: NewNodeRule = DEFAULT_NEW_NODE_RULE,
 ) -> dict[str, Any]:
     """Metrics of the checkpoint's model on given pairs, or on its own held-out split.
+
+    The model scores on its training graph. A pair touching a node without a training edge is
+    scored all the same; a node the checkpoint never saw is embedded by the cold-start rule
+    ``new_nodes`` of a featureless model (:mod:`ncnc.trainer.inductive`), while a featured model,
+    having no features for it, leaves its pairs out: counted in ``cold_start``, never silently.
 
     Args:
         checkpoint: a directory written by :func:`train`.
@@ -177,28 +195,33 @@ def evaluate(
             ids), given together; without them the checkpoint's test split is used (its
             validation split when it has no test split).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        new_nodes: ``"mean"``, ``"zero"`` or ``"error"`` (refuse ids the checkpoint never saw).
 
     Returns:
         ``hits@20``, ``hits@50``, ``hits@100`` and ``mrr`` (fractions), ``auc``, ``num_pos``,
-        ``num_neg``, and ``pairs``: ``"files"``, ``"test"`` or ``"valid"``.
+        ``num_neg`` (the pairs scored), ``pairs``: ``"files"``, ``"test"`` or ``"valid"``, and
+        ``cold_start``: ``new_node_rule``, ``new_nodes``, ``pairs_touching_new_nodes``,
+        ``pairs_touching_nodes_without_training_edges``, ``pos_left_out``, ``neg_left_out``.
 
     Raises:
         InputError: only one of ``pos`` / ``neg``, a bad checkpoint, or bad pair files (missing
-            columns, nulls, unknown ids).
+            columns, nulls, ids of the other kind, new ids with ``new_nodes="error"``).
     """
     if (pos is None) != (neg is None):
         raise InputError("--pos and --neg go together")
     torch_device = resolve_device(device)
     ck = load_checkpoint(checkpoint, torch_device)
     graph = TrainingGraph(ck.split.train.to(torch_device), ck.config.model.num_nodes).graph
+    new_ids = 0
     if pos is not None:
-        pos_pairs, neg_pairs = read_pairs(pos, ck.id_map), read_pairs(neg, ck.id_map)
-        source = "files"
+        (pos_pairs, neg_pairs), new = read_pairs_with_new_nodes(ck.id_map, [pos, neg], new_nodes)
+        source, new_ids = "files", new.len()
     elif ck.split.test.size(0) > 0:
         pos_pairs, neg_pairs, source = ck.split.test, ck.split.test_neg, "test"
     else:
         pos_pairs, neg_pairs, source = ck.split.valid, ck.split.valid_neg, "valid"
         log.warning("checkpoint holds no test split; evaluating its validation split")
-    metrics = evaluate_split(ck.model, ck.features, graph, pos_pairs.to(torch_device),
-                             neg_pairs.to(torch_device), ck.config.train.eval_batch_size)
-    return {**metrics, "pairs": source}
+    batch = evaluation_inputs(ck, graph, pos_pairs, neg_pairs, new_ids, new_nodes)
+    metrics = evaluate_split(ck.model, batch.inputs, batch.graph, batch.pos.to(torch_device),
+                             batch.neg.to(torch_device), ck.config.train.eval_batch_size)
+    return {**metrics, "pairs": source, "cold_start": batch.report}

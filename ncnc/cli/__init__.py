@@ -29,6 +29,11 @@ from ncnc.core.errors import InputError
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
+# The rules of ncnc.trainer.inductive (listed here so that --help imports no training code).
+NEW_NODES = click.Choice(["mean", "zero", "error"])
+NEW_NODES_HELP = ("A node the checkpoint never saw, if the model has no node features, takes "
+                  "the mean of its known neighbours' learned rows (iterated outwards), a zero "
+                  "row, or is refused (error). Featured models embed it from its features.")
 
 
 EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM = 1, 128 + signal.SIGINT, 128 + signal.SIGTERM
@@ -204,13 +209,27 @@ def tune(model_kind: str, edges: Path, features: Path | None, config_file: Path 
 
 
 @cli.command()
-@click.option("--checkpoint", type=EXISTING_DIR, required=True, help="Checkpoint directory.")
+@click.option("--checkpoint", type=EXISTING_DIR, help="Checkpoint directory (scored on its "
+              "training graph).")
+@click.option("--bundle", type=EXISTING_DIR, help="Bundle directory (ncnc export), scored by the "
+              "scorer's engine on the bundle's graph; needs --pos and --neg.")
 @click.option("--pos", type=EXISTING_FILE, help="Parquet positive pairs (src, dst).")
 @click.option("--neg", type=EXISTING_FILE, help="Parquet negative pairs (src, dst).")
+@click.option("--new-nodes", type=NEW_NODES, default="mean", show_default=True,
+              help="With --checkpoint. " + NEW_NODES_HELP + " Pairs a featured model cannot "
+                   "embed are left out and counted in cold_start.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
-def evaluate(checkpoint: Path, pos: Path | None, neg: Path | None, device: str) -> None:
+def evaluate(checkpoint: Path | None, bundle: Path | None, pos: Path | None, neg: Path | None,
+             new_nodes: str, device: str) -> None:
     """Print hits@20/50/100, mrr, auc as one JSON object (default: the checkpoint's test split)."""
-    click.echo(json.dumps(ncnc.evaluate(checkpoint, pos, neg, device)))
+    if (checkpoint is None) == (bundle is None):
+        raise click.UsageError("give exactly one of --checkpoint or --bundle")
+    if bundle is not None:
+        if pos is None or neg is None:
+            raise click.UsageError("--bundle needs --pos and --neg")
+        click.echo(json.dumps(ncnc.evaluate_bundle(bundle, pos, neg, device=device)))
+        return
+    click.echo(json.dumps(ncnc.evaluate(checkpoint, pos, neg, device, new_nodes=new_nodes)))
 
 
 @cli.command()
@@ -218,15 +237,27 @@ def evaluate(checkpoint: Path, pos: Path | None, neg: Path | None, device: str) 
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Bundle directory to write (an earlier bundle there is replaced on success).")
 @click.option("--edges", type=EXISTING_FILE,
-              help="A newer graph snapshot (src, dst) in the checkpoint's id space.")
+              help="Today's graph snapshot (src, dst): it defines the bundle's graph and ids; "
+                   "nodes new to the checkpoint are embedded, absent ones dropped.")
+@click.option("--features", type=EXISTING_FILE,
+              help="With --edges: today's node features (node + the training's feature "
+                   "columns), a row for every node of the snapshot.")
+@click.option("--nodes", type=EXISTING_FILE,
+              help="With --edges: Parquet column node listing today's nodes, those without "
+                   "edges included (they join the graph without edges).")
+@click.option("--new-nodes", type=NEW_NODES, default="mean", show_default=True,
+              help=NEW_NODES_HELP)
 @click.option("--sign-key", type=EXISTING_FILE, metavar="KEY",
               help="Sign the bundle with this PEM elliptic-curve private key (P-256/384/521, no "
                    "password), so that score --verify-key can refuse bundles you did not make "
                    "(pip install 'ncnc-toolchain[sign]').")
-def export(checkpoint: Path, out: Path, edges: Path | None, sign_key: Path | None) -> None:
+def export(checkpoint: Path, out: Path, edges: Path | None, features: Path | None,
+           nodes: Path | None, new_nodes: str, sign_key: Path | None) -> None:
     """Export a checkpoint into a validated, self-contained scoring bundle."""
-    manifest = ncnc.export(checkpoint, out, edges, sign_key=sign_key)
-    click.echo(json.dumps({"bundle": str(out), "parity": manifest["parity"]}))
+    manifest = ncnc.export(checkpoint, out, edges, features=features, nodes=nodes,
+                           new_nodes=new_nodes, sign_key=sign_key)
+    click.echo(json.dumps({"bundle": str(out), "snapshot": manifest["snapshot"],
+                           "parity": manifest["parity"]}))
 
 
 @cli.command(context_settings={"show_default": True})
