@@ -13,12 +13,7 @@ import torch
 from ncnc.core.device import resolve_device
 from ncnc.core.errors import InputError
 from ncnc.trainer.checkpoint import load_checkpoint, save_checkpoint
-<<<<<<< HEAD
 from ncnc.trainer.config import ModelKind, RunConfig, resolve_config
-from ncnc.trainer.data import GraphData, load_edge_list, load_planetoid, read_pairs
-from ncnc.trainer.splits import EdgeSplit, random_edge_split, reference_planetoid_split
-=======
-from ncnc.trainer.config import ModelKind, resolve_config
 from ncnc.trainer.data import GraphData, load_edge_list, load_planetoid
 from ncnc.trainer.inductive import (
     DEFAULT_NEW_NODE_RULE,
@@ -26,8 +21,7 @@ from ncnc.trainer.inductive import (
     evaluation_inputs,
     read_pairs_with_new_nodes,
 )
-from ncnc.trainer.splits import random_edge_split, reference_planetoid_split
->>>>>>> h5-growing
+from ncnc.trainer.splits import EdgeSplit, random_edge_split, reference_planetoid_split
 from ncnc.trainer.training import (
     EpochRecord,
     TrainingGraph,
