@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import torch
@@ -135,50 +136,54 @@ def _explain_block(rule: PairRule, head: HeadFn, graph: CSRGraph, levels: NodeLe
     cn = weighted_gather_sum(members.offsets, members.members, members.weights, terms.x)
     distinct = merge_repeats(members, terms.x.size(0))
     segment = distinct.segment_ids()
-    full = head(cn, terms.xij).float()[segment]
+    full = head(cn, terms.xij).float().cpu()[segment]
     without = torch.empty_like(full)
+    device = cn.device
     for start in range(0, segment.numel(), HEAD_ROWS):
         rows = slice(start, start + HEAD_ROWS)
-        pair, node = segment[rows], distinct.members[rows]
-        # Two roundings (a product, then a difference), never a fused multiply-add: the same
-        # bits on every path.
-        term = distinct.weights[rows].unsqueeze(1).to(cn.dtype) * terms.x[node].to(cn.dtype)
-        without[rows] = head(cn[pair] - term, terms.xij[pair]).float()
+        pair, node = segment[rows].to(device), distinct.members[rows].to(device)
+        # cn - w_u * x_u in two roundings (a product, then a difference), never a fused
+        # multiply-add: the same bits on every path.
+        term = terms.x.index_select(0, node).to(cn.dtype)
+        term.mul_(distinct.weights[rows].to(device, cn.dtype).unsqueeze(1))
+        left_out = cn.index_select(0, pair).sub_(term)
+        without[rows] = head(left_out, terms.xij.index_select(0, pair)).float().cpu()
     return _best(distinct, full - without, k)
 
 
 def merge_repeats(members: RaggedSet, num_nodes: int) -> RaggedSet:
-    """Each pair's members once, in ascending node order, with the weights of its repeats added.
+    """Each pair's members once, in ascending node order, with the weights of its repeats added
+    (on the CPU).
 
     A node repeats only as several draws of one capped set, all of one weight, so the float64
-    sum is exact and the float32 result does not depend on the draws' order.
+    sum is exact and the float32 result does not depend on the draws' order. (numpy, single
+    threaded: torch's threaded sorts stall on a busy machine.)
     """
-    segment = members.segment_ids()
-    keys, inverse = torch.unique(segment * num_nodes + members.members.long(), sorted=True,
-                                 return_inverse=True)
-    weights = torch.zeros(keys.numel(), dtype=torch.float64, device=keys.device)
-    weights.index_add_(0, inverse, members.weights.double())
-    sizes = torch.bincount(keys // num_nodes, minlength=members.offsets.numel() - 1)
-    offsets = torch.zeros(sizes.numel() + 1, dtype=torch.int64, device=keys.device)
-    offsets[1:] = torch.cumsum(sizes, 0)
-    return RaggedSet(offsets, keys % num_nodes, weights.float())
+    sizes = members.sizes().cpu().numpy()
+    segment = np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
+    keys, inverse = np.unique(segment * num_nodes + members.members.cpu().numpy(),
+                              return_inverse=True)
+    weights = np.bincount(inverse, weights=members.weights.cpu().numpy().astype(np.float64),
+                          minlength=keys.size)
+    offsets = np.zeros(sizes.size + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(np.bincount(keys // num_nodes, minlength=sizes.size))
+    return RaggedSet(torch.from_numpy(offsets), torch.from_numpy(keys % num_nodes),
+                     torch.from_numpy(weights.astype(np.float32)))
 
 
 def _best(distinct: RaggedSet, contributions: Tensor, k: int) -> Reasons:
-    """The ``k`` largest contributions of each pair, ties by node (``distinct`` is sorted by
-    pair, then node: two stable sorts keep that order among equals)."""
-    key = torch.nan_to_num(contributions.double(), nan=float("-inf"))
-    order = torch.sort(key, descending=True, stable=True).indices
-    order = order[torch.sort(distinct.segment_ids()[order], stable=True).indices]
-    sizes = distinct.sizes()
-    listed = torch.clamp(sizes, max=k)
-    offsets = torch.zeros(sizes.numel() + 1, dtype=torch.int64, device=sizes.device)
-    offsets[1:] = torch.cumsum(listed, 0)
-    rank = torch.arange(order.numel(), device=order.device) - torch.repeat_interleave(
-        distinct.offsets[:-1], sizes)
-    chosen = order[rank < k]
-    return Reasons(offsets.cpu(), distinct.members[chosen].cpu(),
-                   distinct.weights[chosen].cpu(), contributions[chosen].float().cpu())
+    """The ``k`` largest contributions of each pair; ``distinct`` is sorted by pair, then node,
+    and the sort is stable, so equal contributions keep the smaller node first."""
+    offsets = distinct.offsets.numpy()
+    sizes = np.diff(offsets)
+    key = np.nan_to_num(contributions.numpy().astype(np.float64), nan=-np.inf)
+    segment = np.repeat(np.arange(sizes.size), sizes)
+    order = np.lexsort((-key, segment))  # by pair, then contribution (descending)
+    chosen = order[np.arange(order.size) - np.repeat(offsets[:-1], sizes) < k]
+    listed = np.zeros_like(offsets)
+    listed[1:] = np.cumsum(np.minimum(sizes, k))
+    return Reasons(torch.from_numpy(listed), distinct.members[chosen],
+                   distinct.weights[chosen], contributions[chosen])
 
 
 def because_dtype(id_map: IdMap) -> pl.DataType:
