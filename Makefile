@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml $(MODULES)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[train,dev,ray]' --config-settings editable_mode=strict
+	$(PY) -m pip install --quiet -e '.[train,dev,ray,sign,tune]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -18,7 +18,10 @@ matmul with ``x``. Both run on the same graph tensors, in the same chunks of ``-
 after the other in the same process; the ratio is baseline time / our time.
 
 It also reports our achieved memory bandwidth: bytes that must be read (the shorter row of each
-pair, and for the split both rows; the ``x`` rows summed; the pairs and row pointers) / time. Where
+pair, and for the split both rows; the ``x`` rows summed; the pairs and row pointers) / time; on a
+GPU that ``benchmarks/gpu_specs.py`` knows, also (those bytes + the results written: the float32
+sums, and the counts) / time as a fraction of the device's HBM bandwidth. Intermediates (the
+split's lists) are not counted, so the fraction is a lower bound. Where
 that approaches the machine's bandwidth (split+gather at d = 256 reads about 1 KB of ``x`` per
 neighbour), neither implementation can go much faster: the baseline reads the same rows. For
 split+gather it measures that floor directly: torch's sparse x dense matmul summing exactly the
@@ -36,6 +39,7 @@ On the CPU ``x`` and the graph's ``indices`` are copied into huge pages
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -45,12 +49,13 @@ import warnings
 from pathlib import Path
 
 import torch
+from gpu_specs import GPUSpec, spec_for
 from torch import Tensor
-
-ROOT = Path(__file__).resolve().parents[1]
 
 import ncnc.triton_kernels as tk
 from ncnc.triton_kernels import CSRGraph, build_csr, huge_page_copy
+
+ROOT = Path(__file__).resolve().parents[1]
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
@@ -208,7 +213,9 @@ def bytes_read(graph: CSRGraph, pairs: Tensor, d: int, x_elem: int, op: str, mem
     return int(rows) * graph.indices.element_size() + pairs.size(0) * per_pair + members * d * x_elem
 
 
-def measure(graph: CSRGraph, pair_sets: dict[str, Tensor], dims: list[int], args, device) -> list[dict]:
+def measure(
+    graph: CSRGraph, pair_sets: dict[str, Tensor], dims: list[int], args, device, spec: GPUSpec | None
+) -> list[dict]:
     results = []
     for d in dims:
         x = torch.randn(graph.num_nodes, d, generator=torch.Generator().manual_seed(d))
@@ -218,10 +225,11 @@ def measure(graph: CSRGraph, pair_sets: dict[str, Tensor], dims: list[int], args
             chunks = list(pairs.to(device).split(args.chunk))
             for op in ("cn", "split+gather"):
                 if op == "cn":
-                    ours, base = (lambda c: ours_cn(graph, x, c)), (lambda c: baseline_cn(graph, x, c))
+                    ours = functools.partial(ours_cn, graph, x)
+                    base = functools.partial(baseline_cn, graph, x)
                 else:
-                    ours = lambda c: ours_split_gather(graph, x, c, args.cap)  # noqa: E731
-                    base = lambda c: baseline_split_gather(graph, x, c, args.cap)  # noqa: E731
+                    ours = functools.partial(ours_split_gather, graph, x, cap=args.cap)
+                    base = functools.partial(baseline_split_gather, graph, x, cap=args.cap)
                 check_agreement(graph, x, chunks[0][:4096], op, args.cap)
                 for fn in (ours, base):  # warm-up on one full chunk: compile / autotune / caches
                     timed_pass(fn, chunks[:1], device)
@@ -230,7 +238,7 @@ def measure(graph: CSRGraph, pair_sets: dict[str, Tensor], dims: list[int], args
                     if not args.skip_baseline:
                         times["baseline"].append(timed_pass(base, chunks, device))
                     times["ours"].append(timed_pass(ours, chunks, device))
-                results.append(summarise(graph, pairs, d, x, set_name, op, times, args))
+                results.append(summarise(graph, pairs, d, x, set_name, op, times, args, spec))
                 print(format_row(results[-1]), flush=True)
                 if op == "split+gather" and not args.skip_baseline:
                     add_gather_floor(results[-1], graph, x, chunks, args.cap, device)
@@ -258,8 +266,9 @@ def union_rows(split: tk.NeighborSplit, num_nodes: int) -> Tensor:
     return torch.sparse_csr_tensor(rows.offsets, rows.members, rows.weights, size=size)
 
 
-def add_gather_floor(row: dict, graph: CSRGraph, x: Tensor, chunks: list[Tensor], cap: int,
-                     device: torch.device) -> None:
+def add_gather_floor(
+    row: dict, graph: CSRGraph, x: Tensor, chunks: list[Tensor], cap: int, device: torch.device
+) -> None:
     """Time torch's sparse (CSR) x dense matmul summing exactly the ``x`` rows our split selects
     (the split itself untimed): the cost of reading those rows, which every implementation,
     the baseline included, pays. ``ratio_bound`` = baseline time / that floor is the most any
@@ -274,11 +283,14 @@ def add_gather_floor(row: dict, graph: CSRGraph, x: Tensor, chunks: list[Tensor]
         floor += time.perf_counter() - start
     row["gather_floor_s"] = round(floor, 4)
     row["ratio_bound"] = round(row["baseline_s"] / floor, 2)
-    print(f"{'':>7} gather floor {floor:.3f} s: no float32 implementation beats the baseline "
-          f"by more than {row['ratio_bound']:.1f}x here", flush=True)
+    print(
+        f"{'':>7} gather floor {floor:.3f} s: no float32 implementation beats the baseline "
+        f"by more than {row['ratio_bound']:.1f}x here",
+        flush=True,
+    )
 
 
-def summarise(graph, pairs, d, x, set_name, op, times, args) -> dict:
+def summarise(graph, pairs, d, x, set_name, op, times, args, spec: GPUSpec | None) -> dict:
     num_pairs = pairs.size(0)
     ours = statistics.median(times["ours"])
     row = {
@@ -300,9 +312,18 @@ def summarise(graph, pairs, d, x, set_name, op, times, args) -> dict:
         )
     members = members_summed(graph, pairs, set_name, op, args)
     row["x_rows_summed"] = members
-    row["gbytes_read"] = round(bytes_read(graph, pairs, d, x.element_size(), op, members) / 1e9, 3)
+    read = bytes_read(graph, pairs, d, x.element_size(), op, members)
+    row["gbytes_read"] = round(read / 1e9, 3)
     row["ours_gb_per_s"] = round(row["gbytes_read"] / ours, 2)
+    if spec is not None:
+        moved = read + bytes_written(num_pairs, d, op)
+        row["hbm_fraction"] = round(moved / ours / spec.hbm_bytes_per_s, 3)
     return row
+
+
+def bytes_written(num_pairs: int, d: int, op: str) -> int:
+    """The results: float32 sums ``[B, d]``, and for ``cn`` the int64 counts."""
+    return num_pairs * (4 * d + (8 if op == "cn" else 0))
 
 
 _members_cache: dict[tuple[str, str], int] = {}
@@ -316,7 +337,11 @@ def members_summed(graph: CSRGraph, pairs: Tensor, set_name: str, op: str, args)
     device = graph.indptr.device
     for chunk in pairs.to(device).split(args.chunk):
         if op == "cn":
-            total += int(tk.common_neighbor_sum(graph.indptr, graph.indices, torch.zeros(graph.num_nodes, 0, device=device), chunk)[1].sum())
+            total += int(
+                tk.common_neighbor_sum(
+                    graph.indptr, graph.indices, torch.zeros(graph.num_nodes, 0, device=device), chunk
+                )[1].sum()
+            )
         else:
             split = tk.neighbor_split(graph.indptr, graph.indices, chunk, args.cap)
             total += sum(p.members.numel() for p in (split.common, split.only_i, split.only_j))
@@ -330,6 +355,8 @@ def format_row(r: dict) -> str:
         text += f"   baseline {r['baseline_pairs_per_s']:>10,} pairs/s   ratio {r['ratio']:.1f}x"
     if "ours_gb_per_s" in r:
         text += f"   {r['ours_gb_per_s']} GB/s ({r['gbytes_read']} GB read)"
+    if "hbm_fraction" in r:
+        text += f"   {100 * r['hbm_fraction']:.0f}% of HBM (reads + results)"
     return text
 
 
@@ -376,13 +403,30 @@ def main(argv: list[str] | None = None) -> dict:
         dev_graph = CSRGraph(graph.indptr, huge_page_copy(graph.indices))
     else:
         dev_graph = graph.to(device)
-    tk.common_neighbor_sum(dev_graph.indptr, dev_graph.indices, torch.zeros(graph.num_nodes, 1, device=device),
-                           pair_sets["random"][:1].to(device))  # validates the graph once
-    results = measure(dev_graph, pair_sets, args.dims, args, device)
+    tk.common_neighbor_sum(
+        dev_graph.indptr,
+        dev_graph.indices,
+        torch.zeros(graph.num_nodes, 1, device=device),
+        pair_sets["random"][:1].to(device),
+    )  # validates the graph once
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else None
+    spec = spec_for(device_name) if device_name else None
+    if device_name:
+        print(
+            f"device: {device_name}; HBM bandwidth "
+            + (
+                f"{spec.hbm_bytes_per_s / 1e12:.2f} TB/s ({spec.name})"
+                if spec
+                else "not known: absolute figures only"
+            )
+        )
+    results = measure(dev_graph, pair_sets, args.dims, args, device, spec)
     report = {
         "benchmark": "common-neighbour step: triton_kernels vs official adjoverlap-style baseline",
-        "command": "python benchmarks/bench_common_neighbors.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
+        "command": "python benchmarks/bench_common_neighbors.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "device": device_name or platform.processor() or platform.machine(),
+        "hbm_bytes_per_s": spec.hbm_bytes_per_s if spec else None,
         "threads": args.threads,
         "torch": torch.__version__,
         "graph": graph_info,

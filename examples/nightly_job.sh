@@ -4,14 +4,22 @@
 #
 #   examples/nightly_job.sh CHECKPOINT TODAY_EDGES.parquet CANDIDATES PUBLISH_ROOT
 #
-# CANDIDATES: Parquet file(s) of pairs (src, dst) - a file, a folder or a quoted glob.
+# Today's graph defines the bundle: nodes that joined since training are embedded (from today's
+# features, or for a model without features by its cold-start rule), nodes that left are gone.
+# `ncnc export` prints how many joined and left, and the rule that embedded the new ones.
+#
+# CANDIDATES: Parquet file(s) of pairs (src, dst) - a file, a folder or a quoted glob - or `-`
+#   for today's two-hop candidates of every node (ncnc candidates), the new nodes' included.
 # Settings (environment variables, defaults in brackets):
+#   FEATURES []                        today's node features (node + feature columns): needed
+#                                      on a night when nodes joined, if the model reads features
 #   RUN_ID [today's date, YYYY-MM-DD]  name of the published folder
 #   TOP_K [20]                         recommendations kept per source node
 #
 # Layout under PUBLISH_ROOT (the publishing is a rename, so keep work and output on one filesystem):
-#   .work/RUN_ID/    this run in progress: bundle/, recommendations.parquet, report.json and
-#                    score's resume state; a failed or killed run leaves it for the retry
+#   .work/RUN_ID/    this run in progress: bundle/, [candidates.parquet,] recommendations.parquet,
+#                    report.json and score's resume state; a failed or killed run leaves it for
+#                    the retry
 #   RUN_ID/          the finished run, moved here only after every step succeeded (the paths
 #                    inside report.json and bundle/manifest.json name .work/RUN_ID, where they ran)
 #   latest -> RUN_ID swapped atomically, so readers see yesterday's or today's output, never a mix
@@ -51,7 +59,15 @@ step() {
 
 # export writes its bundle atomically, so one that exists is complete: a retry reuses it.
 if [[ ! -f $work/bundle/manifest.json ]]; then
-    step export ncnc export --checkpoint "$checkpoint" --edges "$edges" --out "$work/bundle"
+    step export ncnc export --checkpoint "$checkpoint" --edges "$edges" \
+        ${FEATURES:+--features "$FEATURES"} --out "$work/bundle"
+fi
+if [[ $candidates == - ]]; then  # also written atomically: one that exists is complete
+    candidates=$work/candidates.parquet
+    if [[ ! -f $candidates ]]; then
+        step candidates ncnc candidates --bundle "$work/bundle" --out "$candidates" \
+            --both-directions --quiet
+    fi
 fi
 # --resume: a retry after a kill continues from the last committed chunk of pairs.
 step score ncnc score --bundle "$work/bundle" --pairs "$candidates" \

@@ -9,6 +9,7 @@ from ncnc.core.extras import require
 require("torch_geometric", "onnx", "onnxscript", extra="train",
         purpose="exporting a checkpoint (ncnc export)")
 
+from ncnc.exporter.evaluate import evaluate_bundle
 from ncnc.exporter.export import ExportConfig, ExportValidationError, export_bundle
 
-__all__ = ["ExportConfig", "ExportValidationError", "export_bundle"]
+__all__ = ["ExportConfig", "ExportValidationError", "evaluate_bundle", "export_bundle"]

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ncnc.core.errors import InputError
 from ncnc.core.files import Publication, refuse_outputs_over_inputs
+from ncnc.core.ids import IdMap
 from ncnc.scorer.bundle import (
     HEAD_FILE,
     PROGRAM_FILE,
@@ -30,8 +31,17 @@ from ncnc.scorer.bundle import (
     write_manifest,
 )
 from ncnc.scorer.engine import BatchScorer
+from ncnc.scorer.signing import check_signing_key, sign_bundle
 from ncnc.trainer.checkpoint import Checkpoint, library_versions, load_checkpoint
 from ncnc.trainer.data import load_edge_list
+from ncnc.trainer.inductive import (
+    DEFAULT_NEW_NODE_RULE,
+    NewNodeRule,
+    SnapshotInputs,
+    check_features_fit,
+    check_rule,
+    snapshot_inputs,
+)
 from ncnc.trainer.model import PairPredictor
 from ncnc.triton_kernels import CSRGraph, build_csr
 from ncnc.triton_kernels.pair_scoring import pair_logits
@@ -87,83 +97,131 @@ def export_bundle(
     checkpoint: Path,
     out: Path,
     edges: Path | None = None,
+    *,
+    features: Path | None = None,
+    nodes: Path | None = None,
+    new_nodes: NewNodeRule = DEFAULT_NEW_NODE_RULE,
     config: ExportConfig = ExportConfig(),
+    sign_key: Path | str | None = None,
 ) -> dict[str, Any]:
     """Write a validated bundle directory at ``out`` (replacing an earlier one only on success).
 
-    Runs the encoder once to tabulate the node levels, exports the pair head to ONNX and the
-    whole pair scorer to ``torch.export``, and scores ``config.validation_pairs`` pairs through
-    both, comparing them with the eager model, before the manifest is written.
+    Runs the encoder once over the graph to tabulate the node levels, exports the pair head to
+    ONNX and the whole pair scorer to ``torch.export``, and scores ``config.validation_pairs``
+    pairs through both, comparing them with the eager model, before the manifest is written.
+    No retraining happens.
 
     Args:
         checkpoint: a directory written by :func:`ncnc.trainer.api.train` (a :class:`~pathlib.Path`).
         out: the bundle directory (a :class:`~pathlib.Path`); built under a temporary name beside
             it and moved into place at the end.
-        edges: a newer graph snapshot (Parquet ``src``, ``dst``) to score against instead of the
-            checkpoint's training + validation edges; its ids must all be in the checkpoint's id
-            map (the model has no embedding for a new node). No retraining happens.
+        edges: today's graph snapshot (Parquet ``src``, ``dst``, ids of the checkpoint's kind),
+            instead of the checkpoint's training + validation edges. The snapshot defines the
+            bundle's graph and id map: checkpoint nodes absent from it are gone, nodes new to the
+            checkpoint are embedded (see ``new_nodes``).
+        features: today's node features (Parquet ``node`` plus the training's feature columns),
+            with ``edges``: a row for every node of the snapshot; nodes listed here only join the
+            graph without edges. Without it a featured model keeps the checkpoint's features for
+            known nodes (and refuses new ones).
+        nodes: with ``edges``: a Parquet ``node`` column of today's nodes, those without edges
+            included (they join the graph without edges: the way a featureless model's bundle
+            holds a node that has no edge yet).
+        new_nodes: how a node new to the checkpoint is embedded: featured models always embed
+            it from its features and edges; featureless models give it the ``"mean"`` of its
+            known neighbours' learned rows (iterated outwards; default) or a ``"zero"`` row, see
+            :mod:`ncnc.trainer.inductive`. ``"error"`` refuses new nodes.
         config: ONNX opset, validation pair count, tolerance and batch sizes.
+        sign_key: a PEM elliptic-curve private key (P-256, P-384 or P-521, no password): sign
+            the bundle (``model.sig``, :mod:`ncnc.scorer.signing`) so that a reader can refuse
+            one it did not come from (``load_bundle(..., verify_key=public key)``). Needs the
+            ``[sign]`` extra. The key is checked before any work.
 
     Returns:
-        The manifest written to ``out/manifest.json`` (see the README's bundle format).
+        The manifest written to ``out/manifest.json`` (docs/bundle-format.md); its ``snapshot``
+        section counts known, new and removed nodes and names the rule that embedded new ones.
 
     Raises:
-        InputError: a bad checkpoint or edges file, an id of ``edges`` unknown to the checkpoint,
-            or ``out`` exists and is not a bundle.
+        InputError: a bad checkpoint, edges or features file (a snapshot node without a feature
+            row, ids of the other kind, features of the wrong width), new nodes the model cannot
+            embed, ``out`` exists and is not a bundle, or ``sign_key`` is unreadable or
+            unsupported.
         ExportValidationError: the ONNX or ``torch.export`` logits differ from the eager model's
             by more than ``config.atol``; no bundle is left at ``out`` then.
     """
     started = time.perf_counter()
     out, checkpoint = Path(out), Path(checkpoint)
-    refuse_outputs_over_inputs([out], [edges] if edges is not None else [], [checkpoint])
+    check_rule(new_nodes)
+    if (features is not None or nodes is not None) and edges is None:
+        raise InputError("--features and --nodes go with --edges: today's snapshot is its edges, "
+                         "its nodes and their features")
+    inputs = [Path(p) for p in (edges, features, nodes, sign_key) if p is not None]
+    refuse_outputs_over_inputs([out], inputs, [checkpoint])
     _check_replaceable(out)
+    if sign_key is not None:
+        check_signing_key(sign_key)
     with Publication() as publication:
         staging = publication.directory(out)  # locks out first: a second export is refused at once
         ck = load_checkpoint(checkpoint, "cpu")
-        graph = _inference_graph(ck, edges)
-        spec = _spec(ck)
+        graph, id_map, snapshot = _inference_graph(ck, edges, features, nodes, new_nodes)
+        spec = _spec(ck, len(id_map))
         predictor = ck.model.predictor.eval()
         with torch.no_grad():
-            h = ck.model.encoder(ck.features, graph)
+            h = ck.model.encoder(snapshot.inputs, graph)
             levels = [h]
             for _ in range(spec.num_levels - 1):
                 levels.append(predictor.transform(levels[-1]))
-        write_arrays(staging, graph, levels, ck.id_map)
+        write_arrays(staging, graph, levels, id_map)
         _export_onnx(predictor, spec, staging / HEAD_FILE, config)
         _export_program(predictor, spec, graph, levels, staging / PROGRAM_FILE, config)
-        parity = _validate(ck, predictor, spec, graph, levels, h, staging, config)
+        parity = _validate(id_map, predictor, spec, graph, levels, h, staging, config)
         manifest = write_manifest(staging, spec, {
             "exported_from": str(checkpoint),
             "graph_source": str(edges) if edges else "checkpoint (training + validation edges)",
             "num_edges": graph.num_entries // 2,
+            "snapshot": {**snapshot.report, "features_source": _features_source(ck, features)},
             "opset": config.opset,
             "parity": parity,
             "versions": {**library_versions(), **_runtime_versions()},
             "export_seconds": round(time.perf_counter() - started, 2),
-        })
+        }, signed=sign_key is not None)
+        if sign_key is not None:
+            sign_bundle(staging, sign_key)
         publication.publish()
     return manifest
 
 
-def _inference_graph(ck: Checkpoint, edges: Path | None) -> CSRGraph:
-    """The checkpoint's training + validation edges, or a refreshed snapshot in the same ids."""
-    n = ck.config.model.num_nodes
+def _inference_graph(ck: Checkpoint, edges: Path | None, features: Path | None,
+                     nodes: Path | None, new_nodes: NewNodeRule
+                     ) -> tuple[CSRGraph, IdMap, SnapshotInputs]:
+    """The bundle's graph, id map and encoder input: the checkpoint's training + validation
+    edges over its own nodes, or today's snapshot (its nodes embedded by
+    :func:`ncnc.trainer.inductive.snapshot_inputs`)."""
     if edges is None:
         known = torch.cat([ck.split.train, ck.split.valid])
-        return build_csr(known.t(), n)
-    snapshot = load_edge_list(edges)
-    original = snapshot.id_map.to_original(snapshot.edges)
-    index = ck.id_map.to_index(
-        original, what=f"edges file {edges} (a node the model cannot embed: not in its id map)"
-    ).view(-1, 2)
-    return build_csr(index.t(), n)
+        graph = build_csr(known.t(), len(ck.id_map))
+        snapshot = snapshot_inputs(ck, ck.id_map, graph, None, new_nodes,
+                                   source="the checkpoint's graph")
+        return graph, ck.id_map, snapshot
+    if features is not None:  # before reading it: its rows do not matter to such a model
+        check_features_fit(ck, features, f"features file {features}")
+    today = load_edge_list(edges, features, nodes)
+    graph = build_csr(today.edges.t(), today.num_nodes)
+    snapshot = snapshot_inputs(ck, today.id_map, graph, today.features, new_nodes,
+                               source=f"edges file {edges}")
+    return graph, today.id_map, snapshot
 
 
-def _spec(ck: Checkpoint) -> ScoringSpec:
+def _features_source(ck: Checkpoint, features: Path | None) -> str | None:
+    if ck.features is None:
+        return None
+    return str(features) if features is not None else "checkpoint"
+
+
+def _spec(ck: Checkpoint, num_nodes: int) -> ScoringSpec:
     m = ck.config.model
     return ScoringSpec(
         model=m.model, depth=m.depth if m.model == "ncnc" else 0, hidden=m.hidden,
-        num_nodes=m.num_nodes, probscale=m.probscale, proboffset=m.proboffset, pt=m.pt,
+        num_nodes=num_nodes, probscale=m.probscale, proboffset=m.proboffset, pt=m.pt,
         alpha=m.alpha, cap=m.test_cap, cap_seed=m.cap_seed,
     )
 
@@ -231,13 +289,13 @@ def _validation_pairs(graph: CSRGraph, count: int, seed: int) -> Tensor:
     return torch.cat([random_pairs, torch.stack([a, b], 1).long()])
 
 
-def _validate(ck: Checkpoint, predictor: PairPredictor, spec: ScoringSpec, graph: CSRGraph,
+def _validate(id_map: IdMap, predictor: PairPredictor, spec: ScoringSpec, graph: CSRGraph,
               levels: list[Tensor], h: Tensor, staging: Path,
               config: ExportConfig) -> dict[str, Any]:
     pairs = _validation_pairs(graph, config.validation_pairs, config.seed)
     with torch.no_grad():
         eager = torch.cat([predictor(h, graph, p) for p in pairs.split(4096)])
-    bundle = Bundle.in_memory(staging, spec, graph, levels, ck.id_map)
+    bundle = Bundle.in_memory(staging, spec, graph, levels, id_map)
     scorer = BatchScorer(bundle, device="cpu")
     onnx_logits = torch.cat([scorer.score_logits(p) for p in pairs.split(config.onnx_batch_size)])
     program = torch.export.load(str(staging / PROGRAM_FILE)).module()

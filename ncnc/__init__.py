@@ -6,7 +6,7 @@ the ``ncnc`` command line::
     import ncnc
 
     ncnc.train(ncnc.TrainRequest(model="ncnc", edges="edges.parquet", out="checkpoint"))
-    ncnc.export("checkpoint", "bundle")
+    ncnc.export("checkpoint", "bundle", edges="today.parquet")    # today's graph, new nodes too
     scorer = ncnc.load_bundle("bundle").scorer()
     scored = scorer.score(pairs)                  # polars, pandas or Arrow in; the same kind out
     best = ncnc.top_k(scored, 20, per_source=True)
@@ -14,8 +14,8 @@ the ``ncnc`` command line::
 
 Names are imported on first use, so ``import ncnc`` is cheap and a scoring-only install never
 imports the training stack (PyG, matplotlib, onnxscript): ``ncnc.load_bundle`` loads the runtime
-(:mod:`ncnc.scorer`) alone; ``ncnc.train``, ``ncnc.evaluate`` and ``ncnc.export`` need the
-``[train]`` extra.
+(:mod:`ncnc.scorer`) alone; ``ncnc.train``, ``ncnc.evaluate``, ``ncnc.evaluate_bundle`` and
+``ncnc.export`` need the ``[train]`` extra.
 """
 
 from __future__ import annotations
@@ -36,18 +36,20 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "ModelConfig": ("ncnc.trainer", "ModelConfig"),
     "TrainConfig": ("ncnc.trainer", "TrainConfig"),
     "export": ("ncnc.exporter", "export_bundle"),
+    "evaluate_bundle": ("ncnc.exporter", "evaluate_bundle"),
     "ExportConfig": ("ncnc.exporter", "ExportConfig"),
     "InputError": ("ncnc.core.errors", "InputError"),
 }
 
 __all__ = [
     "Bundle", "ExportConfig", "InputError", "ModelConfig", "Scorer", "TrainConfig",
-    "TrainRequest", "candidates", "evaluate", "export", "load_bundle", "top_k", "train",
+    "TrainRequest", "candidates", "evaluate", "evaluate_bundle", "export", "load_bundle", "top_k",
+    "train",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
     from ncnc.core.errors import InputError
-    from ncnc.exporter import ExportConfig
+    from ncnc.exporter import ExportConfig, evaluate_bundle
     from ncnc.exporter import export_bundle as export
     from ncnc.scorer import Bundle, Scorer, load_bundle, top_k
     from ncnc.scorer import write_candidates as candidates

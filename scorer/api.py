@@ -114,7 +114,7 @@ class Scorer:
             progress=progress, resume=resume, resume_every=resume_every,
             report=Path(report) if report is not None else None,
             report_fields={"bundle": str(self.bundle.path), "device": str(self.device)},
-            reads=[self.bundle.path], job_key={"bundle": self.bundle.checksum})
+            reads=self.bundle.inputs, job_key={"bundle": self.bundle.checksum})
 
 
 def top_k(table: Table, k: int, *, per_source: bool = False, score: str = "score") -> Table:

@@ -153,7 +153,8 @@ def two_hop_candidates(graph: CSRGraph, sources: Tensor | None = None, *,
 def write_candidates(bundle_path: Path | str, out: Path | str, *, nodes: Path | None = None,
                      both_directions: bool = False, max_per_node: int | None = None,
                      common_neighbors: bool = True, max_paths: int = DEFAULT_MAX_PATHS,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True, verify_key: Path | str | None = None
+                     ) -> dict[str, Any]:
     """Write the two-hop candidate pairs of a bundle's graph to the Parquet file ``out``.
 
     Args:
@@ -166,13 +167,15 @@ def write_candidates(bundle_path: Path | str, out: Path | str, *, nodes: Path | 
         both_directions, max_per_node, max_paths: see :func:`two_hop_candidates`.
         common_neighbors: write the ``common_neighbors`` column.
         progress: show a progress bar over the sources on stderr.
+        verify_key: refuse the bundle unless its signature verifies with this PEM public key
+            (:func:`ncnc.scorer.load_bundle`).
 
     Returns:
         A summary: ``bundle``, ``output``, ``sources``, ``pairs``, ``seconds``.
 
     Raises:
-        InputError: bad bundle or nodes file (missing column, nulls, unknown ids), or ``out`` is
-            the nodes file.
+        InputError: bad bundle or nodes file (missing column, nulls, unknown ids), a signature
+            that does not verify with ``verify_key``, or ``out`` is one of the inputs.
     """
     from ncnc.scorer.bundle import load_bundle
 
@@ -181,9 +184,10 @@ def write_candidates(bundle_path: Path | str, out: Path | str, *, nodes: Path | 
     if out.is_dir():
         raise InputError(f"output {out}: is a folder; give a file name such as "
                          f"{out / 'candidates.parquet'}")
-    refuse_outputs_over_inputs([out], [nodes] if nodes is not None else [], [bundle_path])
+    read = [Path(p) for p in (nodes, verify_key) if p is not None]
+    refuse_outputs_over_inputs([out], read, [bundle_path])
     # Only the graph is read, mapped from its file (no huge-page copy of anything).
-    bundle = load_bundle(Path(bundle_path), huge_pages=False)
+    bundle = load_bundle(Path(bundle_path), huge_pages=False, verify_key=verify_key)
     id_map = bundle.id_map
     sources = None
     if nodes is not None:

@@ -8,14 +8,25 @@ installed and the device is CUDA, the CPU provider otherwise).
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import time
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import Tensor
 
 from ncnc.core.device import resolve_device
-from ncnc.scorer.bundle import Bundle
+from ncnc.core.hashing import KeyTable
+from ncnc.scorer.bundle import Bundle, BundleError, ScoringSpec
 from ncnc.scorer.explain import Reasons, explain_pairs, refuse_unexplainable
+from ncnc.scorer.manifest import first_line
 from ncnc.triton_kernels.pair_scoring import pair_logits
+
+DEFAULT_MEMO_MIB = 256.0
+log = logging.getLogger("ncnc.scorer")
 
 
 class OnnxHead:
@@ -27,24 +38,38 @@ class OnnxHead:
     CUDA provider is then used) the head reads and writes device memory, after torch's stream
     has finished producing the inputs. Without a CUDA provider a CUDA scorer binds host copies
     (one round trip per call), which is what it did before IOBinding.
+
+    The session is checked against the bundle's spec before it is used (:func:`check_head`).
     """
 
-    def __init__(self, path, device: torch.device, threads: int | None = None) -> None:
+    def __init__(self, path: Path, spec: ScoringSpec, device: torch.device,
+                 threads: int | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: a head's warnings would break our one line
         if threads is not None:
             options.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
         on_gpu = device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
         if on_gpu:
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        printed = io.StringIO()  # onnxruntime prints provider fallbacks on stdout: our JSON's
+        try:
+            with contextlib.redirect_stdout(printed):
+                self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own types for a damaged model
+            raise BundleError(f"{path}: onnxruntime cannot load the head ({first_line(err)})"
+                              ) from err
+        if printed.getvalue().strip():
+            log.warning("onnxruntime: %s", " ".join(printed.getvalue().split()))
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_name = self.session.get_outputs()[0].name
+        outputs = self.session.get_outputs()
+        self.output_name = outputs[0].name if outputs else ""  # check_head refuses none
         self.device = device
         # Where the head's tensors live: the scorer's CUDA device, or the host.
         self.bound = device if on_gpu else torch.device("cpu")
+        check_head(self, path, spec)
 
     def _bind(self, binding, name: str, tensor: Tensor, *, output: bool = False) -> None:
         kind = self.bound.type
@@ -74,6 +99,88 @@ class OnnxHead:
         return logits.to(self.device)
 
 
+def head_inputs(model: str) -> list[str]:
+    """The inputs of a bundle's head: ``cn`` and ``xij``, GAE's ``xij`` alone."""
+    return ["xij"] if model == "gae" else ["cn", "xij"]
+
+
+def check_head(head: OnnxHead, path: Path, spec: ScoringSpec) -> None:
+    """Refuse a head that the spec's pairs cannot run through: inputs named by
+    :func:`head_inputs`, each float ``[num_pairs, hidden]`` with a dynamic batch axis, and one
+    float output ``[num_pairs]``, checked on the session and by a two-pair probe (whose output
+    buffer is bound as ``[2]``: a head that gives another shape fails there).
+
+    Raises:
+        BundleError: naming ``path`` and what differs.
+    """
+    wanted = head_inputs(spec.model)
+    inputs, outputs = head.session.get_inputs(), head.session.get_outputs()
+    if sorted(head.input_names) != sorted(wanted):
+        raise BundleError(f"{path}: the head takes inputs {head.input_names}; a {spec.model} "
+                          f"bundle's head takes {wanted}")
+    for node in inputs:
+        shape = list(node.shape)
+        if (node.type != "tensor(float)" or len(shape) != 2 or isinstance(shape[0], int)
+                or shape[1] != spec.hidden):
+            raise BundleError(f"{path}: head input {node.name} is {node.type} {shape}; expected "
+                              f"tensor(float) ['num_pairs', {spec.hidden}] (spec.hidden)")
+    if len(outputs) != 1 or outputs[0].type != "tensor(float)" or len(outputs[0].shape) != 1:
+        found = [f"{o.name} {o.type} {list(o.shape)}" for o in outputs]
+        raise BundleError(f"{path}: the head's outputs are {found}; expected one "
+                          "tensor(float) ['num_pairs']")
+    probe = torch.zeros(2, spec.hidden)
+    try:
+        head(probe, probe)
+    except Exception as err:  # onnxruntime's own types
+        raise BundleError(f"{path}: the head fails on two pairs ({first_line(err)})") from err
+
+
+MEMO_SLOT_BYTES = 16  # a key table slot: uint64 key and int64 position
+MEMO_VALUE_BYTES = 4  # a float32 logit
+
+
+class InnerLogitMemo:
+    """NCNC's completion-pair logits kept across batches, in at most ``mib`` MiB.
+
+    Completion pairs repeat across the batches of a job (on Cora, about three in four of 2M random
+    target pairs' completion pairs were seen in an earlier batch): the memo serves those exactly
+    (a pair's logit does not depend on its batch), so scores are the same bits with it or without
+    it. When full it starts over (the pairs of recent batches are the likeliest repeats,
+    especially for candidate files grouped by source).
+    """
+
+    def __init__(self, mib: float) -> None:
+        budget = int(mib * (1 << 20))
+        # The largest table of power-of-two slots (load at most 2/3) with its values in budget.
+        slots = 16
+        while (2 * slots) * MEMO_SLOT_BYTES + (2 * slots * 2 // 3) * MEMO_VALUE_BYTES <= budget:
+            slots *= 2
+        self.table = KeyTable(slots * 2 // 3)
+        self.values = np.empty(self.table.capacity, dtype=np.float32)
+        self.lookups = self.hits = 0
+
+    @property
+    def stats(self) -> dict[str, float | int]:
+        return {"memo_lookups": self.lookups, "memo_hits": self.hits,
+                "memo_hit_rate": round(self.hits / self.lookups, 4) if self.lookups else None}
+
+    def cached(self, keys: Tensor) -> tuple[Tensor, Tensor]:
+        position = self.table.find(keys.cpu().numpy().view(np.uint64))
+        hit = position >= 0
+        logits = np.zeros(position.size, dtype=np.float32)
+        logits[hit] = self.values[position[hit]]
+        self.lookups += position.size
+        self.hits += int(hit.sum())
+        return (torch.from_numpy(logits).to(keys.device), torch.from_numpy(hit).to(keys.device))
+
+    def store(self, keys: Tensor, logits: Tensor) -> None:
+        keys = keys.cpu().numpy().view(np.uint64)[: self.table.capacity]
+        if self.table.size + keys.size > self.table.capacity:
+            self.table.clear()
+        position = self.table.insert(keys)
+        self.values[position] = logits.detach().cpu().numpy()[: keys.size]
+
+
 class BatchScorer:
     """The batch engine: ``[B, 2]`` int64 node-index pairs -> float32 logits on the CPU.
 
@@ -81,14 +188,26 @@ class BatchScorer:
     ``bundle.id_map`` and calls :meth:`score_logits`. On the CPU a pair's logit is bit-identical
     whatever batch it is scored in. ``device`` is ``"auto"`` (CUDA when available), ``"cpu"`` or
     ``"cuda"`` (the one place the device rule runs for a scorer); ``threads``: onnxruntime's
-    intra-op threads (None: one per core), e.g. one per Ray actor when several share a machine.
+    intra-op threads (None: one per core), e.g. one per Ray actor when several share a machine;
+    ``memo_mib``: the NCNC completion-pair memo's size (:class:`InnerLogitMemo`; 0: none).
     """
 
-    def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None,
+                 memo_mib: float = DEFAULT_MEMO_MIB) -> None:
         self.bundle = bundle
         self.device = resolve_device(device)
         self.graph, self.levels = bundle.arrays_for(self.device)
-        self.head = OnnxHead(bundle.head_path, self.device, threads)
+        self.memo = (InnerLogitMemo(memo_mib) if memo_mib > 0 and bundle.spec.model == "ncnc"
+                     else None)
+        self.engine_seconds = 0.0  # wall time inside score_logits: the device's share of a job
+        self.head = OnnxHead(bundle.head_path, bundle.spec, self.device, threads)
+
+    @property
+    def stats(self) -> dict[str, float | int | None]:
+        """What the engine reports beside the job's counts: the seconds spent scoring (the rest of
+        a job's time is the host's: reading, ids, writing) and the memo's lookups and hits."""
+        memo = self.memo.stats if self.memo is not None else {}
+        return {"engine_seconds": round(self.engine_seconds, 3), **memo}
 
     @torch.no_grad()
     def score_logits(self, pairs: Tensor) -> Tensor:
@@ -96,9 +215,12 @@ class BatchScorer:
         (``sigmoid(logit)`` is the link probability); ``B = 0`` gives an empty tensor."""
         if pairs.numel() == 0:
             return torch.zeros(0, dtype=torch.float32)
+        started = time.perf_counter()
         logits = pair_logits(self.bundle.spec.rule, self.head, self.graph, self.levels,
-                             pairs.to(self.device, torch.int64))
-        return logits.float().cpu()
+                             pairs.to(self.device, torch.int64), cache=self.memo)
+        logits = logits.float().cpu()  # waits for the device: the time below includes its work
+        self.engine_seconds += time.perf_counter() - started
+        return logits
 
     @torch.no_grad()
     def explain_pairs(self, pairs: Tensor, k: int) -> Reasons:

@@ -18,6 +18,7 @@ through the same :func:`publish_job`.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import queue
 import sys
@@ -374,14 +375,17 @@ def score_files(scorer: PairScorer, id_map: IdMap, pairs: Sequence[Path | str], 
     def run(data: Path, bar: tqdm) -> JobCounts:
         job.bar = bar
         if fingerprint is not None:
-            return _score_resumable(job, inputs, out, data, batch_size, resume_every,
-                                    fingerprint)
-        with ParquetRowWriter(data, job.output.schema) as writer:
-            _, rows_scored, kept = job.score(
-                iter_pair_batches(inputs.files, batch_size, row_counts=inputs.row_counts), writer)
-            if kept is not None:
-                writer.write(job.output.ranked(kept))
-        return JobCounts(0, rows_scored, writer.rows_written)
+            counts = _score_resumable(job, inputs, out, data, batch_size, resume_every,
+                                      fingerprint)
+        else:
+            with ParquetRowWriter(data, job.output.schema) as writer:
+                _, rows_scored, kept = job.score(iter_pair_batches(
+                    inputs.files, batch_size, row_counts=inputs.row_counts), writer)
+                if kept is not None:
+                    writer.write(job.output.ranked(kept, merged=True))
+            counts = JobCounts(0, rows_scored, writer.rows_written)
+        # The engine's own figures (e.g. the memo's hit rate), when it keeps any.
+        return dataclasses.replace(counts, fields=dict(getattr(scorer, "stats", {})))
 
     if explain is not None:
         report_fields = {**(report_fields or {}), "explain": explain}

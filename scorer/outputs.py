@@ -59,13 +59,13 @@ def with_scores(frame: pl.DataFrame, logits: torch.Tensor | np.ndarray, id_map: 
         RuntimeError: the scorer returned another number of logits than ``frame`` has rows.
     """
     if isinstance(logits, torch.Tensor):
-        logits = logits.detach().to("cpu", torch.float32).reshape(-1).numpy()
+        logits = logits.detach().cpu().numpy()
     logits = np.asarray(logits, dtype=np.float32).reshape(-1)
     if logits.size != frame.height:
         raise RuntimeError(f"scorer returned {logits.size} logits for {frame.height} pairs")
     # Not np.exp: its vectorised and scalar paths differ in the last bit, so a pair's prob
     # would depend on its place in the batch.
-    prob = reproducible_sigmoid(torch.from_numpy(logits)).to(torch.float32).numpy()
+    prob = reproducible_sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32)
     return frame.with_columns(
         pl.col(c).cast(id_map.ids.dtype) for c in PAIR_COLUMNS
     ).with_columns(
@@ -122,11 +122,18 @@ class OutputSpec:
         top.push(pl.DataFrame(schema=self.kept_schema if schema is None else schema))
         return top
 
-    def ranked(self, kept: pl.DataFrame) -> pl.DataFrame:
-        """The output rows of the top K among ``kept`` rows (with ``rank``)."""
+    def ranked(self, kept: pl.DataFrame, *, merged: bool = False) -> pl.DataFrame:
+        """The output rows of the top K among ``kept`` rows (with ``rank``).
+
+        ``merged``: the rows are one running top K's :meth:`RunningTopK.kept` already (sorted
+        and cut): they are ranked without sorting again. Otherwise (the kept rows of several
+        chunks or partitions) they are merged first.
+        """
         top = self.new_top()
         if top is None:
             raise ValueError("OutputSpec.ranked: the output has no top K")
+        if merged:
+            return top.with_ranks(kept).select(self.schema.names())
         top.push(kept)
         return top.result().select(self.schema.names())
 

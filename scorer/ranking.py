@@ -153,7 +153,11 @@ class RunningTopK:
 
         Sorted by rank, or by group and then rank when ``by`` is given.
         """
-        kept = self.kept()
+        return self.with_ranks(self.kept())
+
+    def with_ranks(self, kept: pl.DataFrame) -> pl.DataFrame:
+        """``rank`` instead of ``row`` for rows already in :meth:`kept`'s order (the kept rows of
+        an instance with the same ``k`` and ``by``): no sort again."""
         if self.by is None:
             rank = np.arange(1, kept.height + 1)
         else:

@@ -70,8 +70,8 @@ from tqdm.auto import tqdm
 from ncnc.core.errors import InputError
 from ncnc.core.ids import IdMap
 from ncnc.core.tables import as_polars
-from ncnc.scorer.bundle import load_bundle
-from ncnc.scorer.engine import BatchScorer
+from ncnc.scorer.bundle import BundleError, load_bundle
+from ncnc.scorer.engine import BatchScorer, OnnxHead
 from ncnc.scorer.explain import refuse_unexplainable
 from ncnc.scorer.inputs import OnUnknown, PairInputs, iter_pair_batches, open_inputs
 from ncnc.scorer.job import (
@@ -145,11 +145,18 @@ def default_partition_rows(total_rows: int, batch_size: int, workers: int) -> in
     return batch_size * min(max(batches, 1), MAX_PARTITION_BATCHES)
 
 
-def _load(bundle: str | Path, device: str, threads: int | None) -> tuple[BatchScorer, IdMap]:
+def _load(bundle: str | Path, device: str, threads: int | None, *,
+          verify_key: str | Path | None = None, checksum: str | None = None
+          ) -> tuple[BatchScorer, IdMap]:
+    """The actor's scorer. ``checksum``: the manifest digest the driver verified; a bundle
+    changed since (another manifest, or a file unlike its checksum) is refused."""
     if threads is not None:
         torch.set_num_threads(threads)  # also the CPU common-neighbour kernels' thread count
     # Mapped, not copied: the actors on one machine share one copy of the tables.
-    loaded = load_bundle(Path(bundle), huge_pages=False)
+    loaded = load_bundle(Path(bundle), huge_pages=False, verify_key=verify_key)
+    if checksum is not None and loaded.checksum != checksum:
+        raise BundleError(f"bundle {bundle}: changed since the driver verified it (manifest "
+                          f"digest {loaded.checksum}, verified {checksum})")
     return BatchScorer(loaded, device, threads=threads), loaded.id_map
 
 
@@ -161,6 +168,8 @@ class ScoreBatches:
         device: ``auto``, ``cpu`` or ``cuda`` (give the actors ``num_gpus=1`` for CUDA).
         on_unknown: ``"error"`` or ``"skip"`` rows whose ids are not nodes of the graph.
         threads: torch and onnxruntime threads of the actor (None: their defaults).
+        verify_key: refuse the bundle unless its signature verifies with this PEM public key
+            (each actor verifies: the key and the ``[sign]`` extra must be there on every node).
 
     A batch (``batch_format="pyarrow"`` or ``"pandas"``) holds ``src``, ``dst`` and any other
     columns; the result is the same kind of batch with the same rows (less skipped ones) plus
@@ -168,8 +177,8 @@ class ScoreBatches:
     """
 
     def __init__(self, bundle: str | Path, device: str = "auto", on_unknown: OnUnknown = "error",
-                 threads: int | None = None) -> None:
-        self.scorer, self.id_map = _load(bundle, device, threads)
+                 threads: int | None = None, verify_key: str | Path | None = None) -> None:
+        self.scorer, self.id_map = _load(bundle, device, threads, verify_key=verify_key)
         self.on_unknown = on_unknown
 
     def __call__(self, batch: Any) -> Any:
@@ -192,6 +201,7 @@ class _PartitionJob:
     """What every actor of one job needs (small: shipped to each actor)."""
 
     bundle: str
+    checksum: str  # the manifest digest of the bundle the driver checked (and verified)
     files: tuple[str, ...]
     row_counts: tuple[int, ...]
     top_k: int | None
@@ -224,7 +234,7 @@ class _ScorePartitions:
     """
 
     def __init__(self, spec: _PartitionJob) -> None:
-        scorer, id_map = _load(spec.bundle, spec.device, spec.threads)
+        scorer, id_map = _load(spec.bundle, spec.device, spec.threads, checksum=spec.checksum)
         self.spec = spec
         self.files = [Path(f) for f in spec.files]
         self.job = ScoringJob(scorer, OutputSpec(id_map, spec.top_k, spec.per_source,
@@ -308,21 +318,32 @@ def score_files_ray(bundle: Path | str, pairs: Sequence[Path | str], out: Path |
                     explain: int | None = None,
                     batch_size: int = DEFAULT_BATCH_SIZE, on_unknown: OnUnknown = "error",
                     device: str = "auto", report: Path | str | None = None,
-                    progress: bool = True, options: RayOptions = RayOptions()) -> dict[str, Any]:
+                    progress: bool = True, options: RayOptions = RayOptions(),
+                    verify_key: Path | str | None = None) -> dict[str, Any]:
     """:func:`ncnc.scorer.job.score_files` on Ray (``ncnc score --engine ray``): the same output
     file and report (plus ``engine``, ``device`` and ``num_workers``); see the module docstring.
 
     ``bundle`` and the pairs files must be readable at these paths on every node. Inputs are
     checked on the driver before Ray starts; errors an actor finds (nulls, unknown ids, damaged
     files) come back as the same one-line :class:`InputError`, and nothing is written then.
+
+    The bundle too is checked on the driver before Ray starts, as a local scorer checks it
+    (manifest, checksums, arrays, head), and with ``verify_key`` its signature is verified
+    there. The actors do not verify the signature (workers need neither the key nor the
+    ``[sign]`` extra): each checks every file's sha256 and that the manifest's digest is the
+    one the driver verified, so an actor scores the signed bytes or refuses.
     """
     ray = import_ray()
     check_options(top_k, per_source, batch_size, explain)
     bundle = Path(bundle)
-    loaded = load_bundle(bundle)  # checks the bundle; its arrays are read by the actors
+    # Every check an actor will make, once here: a bad bundle is one line from the driver, not an
+    # actor's traceback. The arrays are not kept (the driver scores nothing).
+    checked = load_bundle(bundle, huge_pages=False, verify_key=verify_key)
+    checked.check_arrays()
+    OnnxHead(checked.head_path, checked.spec, torch.device("cpu"), threads=1)
     if explain is not None:
-        refuse_unexplainable(loaded.spec.model)
-    id_map = loaded.id_map
+        refuse_unexplainable(checked.spec.model)
+    id_map = checked.id_map
     inputs = open_inputs(pairs, id_map)
     output = OutputSpec(id_map, top_k, per_source, explain)
 
@@ -332,7 +353,7 @@ def score_files_ray(bundle: Path | str, pairs: Sequence[Path | str], out: Path |
             parts = plan_partitions(inputs.row_counts, batch_size, _partition_rows(
                 options, inputs, batch_size, workers))
             workers = max(1, min(workers, len(parts)))  # idle actors would each load the bundle
-            spec = _PartitionJob(str(bundle.resolve()),
+            spec = _PartitionJob(str(bundle.resolve()), checked.checksum,
                                  tuple(str(f.resolve()) for f in inputs.files),
                                  tuple(inputs.row_counts), top_k, per_source, explain,
                                  on_unknown, batch_size, "cuda" if use_gpu else "cpu",
@@ -348,7 +369,7 @@ def score_files_ray(bundle: Path | str, pairs: Sequence[Path | str], out: Path |
                                       **({"explain": explain} if explain is not None else {})},
                        top_k=top_k,
                        per_source=per_source, batch_size=batch_size, progress=progress,
-                       reads=[bundle], run=run)
+                       reads=checked.inputs, run=run)
 
 
 def _partition_rows(options: RayOptions, inputs: PairInputs, batch_size: int,
@@ -395,5 +416,5 @@ def _write(data: Path, output: OutputSpec, results: Iterator[tuple[pl.DataFrame,
             else:
                 top.push(frame.select(output.kept_schema.names()))
         if top is not None:
-            writer.write(output.ranked(top.kept()))
+            writer.write(output.ranked(top.kept(), merged=True))
     return rows_scored, writer.rows_written

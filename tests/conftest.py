@@ -56,7 +56,8 @@ HAND_EDGES = [("n0", "n1"), ("n0", "n2"), ("n1", "n2"), ("n1", "n3"), ("n2", "n3
 
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory) -> Path:
-    """A real NCNC bundle over string ids n0..n299 whose graph is :data:`HAND_EDGES`."""
+    """A real NCNC bundle over string ids n0..n299 whose graph is :data:`HAND_EDGES` (the other
+    294 nodes are in the graph without edges)."""
     from ncnc.exporter import export_bundle
     from ncnc.trainer.api import TrainRequest, train
     from ncnc.trainer.synthetic import community_graph
@@ -73,7 +74,9 @@ def bundle_dir(tmp_path_factory) -> Path:
         features=folder / "features.parquet", progress=False, model_overrides={"hidden": 16},
         train_overrides={"epochs": 1, "batch_size": 128, "test_fraction": 0.1},
     ))
-    export_bundle(folder / "ck", folder / "bundle", edges=folder / "hand_edges.parquet")
+    # The snapshot is the hand graph plus every node of the features file (without edges).
+    export_bundle(folder / "ck", folder / "bundle", edges=folder / "hand_edges.parquet",
+                  features=folder / "features.parquet")
     return folder / "bundle"
 
 

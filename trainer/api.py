@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,9 +13,15 @@ import torch
 from ncnc.core.device import resolve_device
 from ncnc.core.errors import InputError
 from ncnc.trainer.checkpoint import load_checkpoint, save_checkpoint
-from ncnc.trainer.config import ModelKind, resolve_config
-from ncnc.trainer.data import GraphData, load_edge_list, load_planetoid, read_pairs
-from ncnc.trainer.splits import random_edge_split, reference_planetoid_split
+from ncnc.trainer.config import ModelKind, RunConfig, resolve_config
+from ncnc.trainer.data import GraphData, load_edge_list, load_planetoid
+from ncnc.trainer.inductive import (
+    DEFAULT_NEW_NODE_RULE,
+    NewNodeRule,
+    evaluation_inputs,
+    read_pairs_with_new_nodes,
+)
+from ncnc.trainer.splits import EdgeSplit, random_edge_split, reference_planetoid_split
 from ncnc.trainer.training import (
     EpochRecord,
     TrainingGraph,
@@ -72,26 +79,11 @@ def load_graph(request: TrainRequest) -> GraphData:
     return load_edge_list(request.edges, request.features)
 
 
-def train(request: TrainRequest) -> dict[str, Any]:
-    """Load the graph, split it, train, and write a checkpoint directory at ``request.out``.
-
-    Edges are split into train / validation / test (``val_fraction``, ``test_fraction``; the
-    built-in datasets use the paper's split), the model is trained for ``epochs`` epochs and the
-    weights of the best validation epoch (``select_metric``, default hits@100) are kept.
-
-    Returns:
-        The summary ``ncnc train`` prints: ``model``, ``input``, ``num_nodes``, ``graph_stats``
-        (rows read, self loops and duplicates dropped, edges), ``best_epoch``, ``valid`` and
-        ``test`` metrics at that epoch (``hits@20/50/100`` and ``mrr`` as fractions, ``auc``;
-        ``test`` is ``None`` without a test split), ``seconds``, ``seconds_per_epoch``.
-
-    Raises:
-        InputError: not exactly one of ``dataset`` / ``edges``, unreadable or malformed input
-            files, bad settings, or too few edges to hold out validation edges.
-    """
-    graph = load_graph(request)
+def run_config(request: TrainRequest, graph: GraphData) -> RunConfig:
+    """The request's settings for ``graph``: defaults < dataset preset < ``--config`` <
+    overrides."""
     in_features = 0 if graph.features is None else graph.features.size(1)
-    cfg = resolve_config(
+    return resolve_config(
         request.model,
         dataset=request.dataset,
         config_file=request.config_file,
@@ -99,8 +91,16 @@ def train(request: TrainRequest) -> dict[str, Any]:
                      "in_features": in_features},
         train_flags=request.train_overrides,
     )
-    device = resolve_device(request.device)
-    if request.dataset is not None:  # the paper's protocol, split for split
+
+
+def split_graph(graph: GraphData, cfg: RunConfig, dataset: str | None) -> EdgeSplit:
+    """The run's train / validation / test split: the paper's for a built-in dataset, else a
+    random one of ``val_fraction`` / ``test_fraction`` drawn from ``cfg.train.seed``.
+
+    Raises:
+        InputError: too few edges to hold out validation edges and still train.
+    """
+    if dataset is not None:  # the paper's protocol, split for split
         split = reference_planetoid_split(graph.edges, graph.num_nodes, cfg.train.seed)
     else:
         split = random_edge_split(
@@ -114,6 +114,34 @@ def train(request: TrainRequest) -> dict[str, Any]:
         )
     log.info("split: %d train, %d valid, %d test edges", split.train.size(0),
              split.valid.size(0), split.test.size(0))
+    return split
+
+
+def train(request: TrainRequest) -> dict[str, Any]:
+    """Load the graph, split it, train, and write a checkpoint directory at ``request.out``.
+
+    Edges are split into train / validation / test (``val_fraction``, ``test_fraction``; the
+    built-in datasets use the paper's split). Training runs for at most ``epochs`` epochs and
+    stops earlier after ``patience`` epochs without a better validation metric
+    (``select_metric``, default hits@100) or past ``max_minutes``; the weights of the best
+    validation epoch are kept.
+
+    Returns:
+        The summary ``ncnc train`` prints: ``model``, ``input``, ``num_nodes``, ``graph_stats``
+        (rows read, self loops and duplicates dropped, edges), ``best_epoch``, ``stopped``
+        (``{"epoch", "reason"}``: the last epoch run and ``"patience"``, ``"max_minutes"`` or
+        ``"epochs"``), ``valid`` and ``test`` metrics at the best epoch (``hits@20/50/100`` and
+        ``mrr`` as fractions, ``auc``; ``test`` is ``None`` without a test split), ``seconds``,
+        ``seconds_per_epoch``.
+
+    Raises:
+        InputError: not exactly one of ``dataset`` / ``edges``, unreadable or malformed input
+            files, bad settings, or too few edges to hold out validation edges.
+    """
+    graph = load_graph(request)
+    cfg = run_config(request, graph)
+    device = resolve_device(request.device)
+    split = split_graph(graph, cfg, request.dataset)
     request.out.mkdir(parents=True, exist_ok=True)
     metrics_path = request.out / "metrics.jsonl"
     with metrics_path.open("w") as metrics_file:
@@ -130,14 +158,14 @@ def train(request: TrainRequest) -> dict[str, Any]:
         "num_nodes": graph.num_nodes,
         "graph_stats": graph.stats,
         "best_epoch": result.best_epoch,
+        "stopped": dataclasses.asdict(result.stopped),
         "valid": result.best_valid,
         "test": result.best_test,
         "seconds": round(result.seconds, 2),
         "seconds_per_epoch": round(result.seconds / max(len(result.history), 1), 3),
     }
     save_checkpoint(request.out, result.model, cfg, graph.features, graph.id_map, split, summary)
-    write_learning_curve(result.history, request.out / "learning_curve.png",
-                         cfg.train.select_metric)
+    write_learning_curve(result, request.out / "learning_curve.png", cfg.train.select_metric)
     return summary
 
 
@@ -146,8 +174,14 @@ def evaluate(
     pos: Path | None = None,
     neg: Path | None = None,
     device: str = "auto",
+    new_nodes: NewNodeRule = DEFAULT_NEW_NODE_RULE,
 ) -> dict[str, Any]:
     """Metrics of the checkpoint's model on given pairs, or on its own held-out split.
+
+    The model scores on its training graph. A pair touching a node without a training edge is
+    scored all the same; a node the checkpoint never saw is embedded by the cold-start rule
+    ``new_nodes`` of a featureless model (:mod:`ncnc.trainer.inductive`), while a featured model,
+    having no features for it, leaves its pairs out: counted in ``cold_start``, never silently.
 
     Args:
         checkpoint: a directory written by :func:`train`.
@@ -155,28 +189,33 @@ def evaluate(
             ids), given together; without them the checkpoint's test split is used (its
             validation split when it has no test split).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        new_nodes: ``"mean"``, ``"zero"`` or ``"error"`` (refuse ids the checkpoint never saw).
 
     Returns:
         ``hits@20``, ``hits@50``, ``hits@100`` and ``mrr`` (fractions), ``auc``, ``num_pos``,
-        ``num_neg``, and ``pairs``: ``"files"``, ``"test"`` or ``"valid"``.
+        ``num_neg`` (the pairs scored), ``pairs``: ``"files"``, ``"test"`` or ``"valid"``, and
+        ``cold_start``: ``new_node_rule``, ``new_nodes``, ``pairs_touching_new_nodes``,
+        ``pairs_touching_nodes_without_training_edges``, ``pos_left_out``, ``neg_left_out``.
 
     Raises:
         InputError: only one of ``pos`` / ``neg``, a bad checkpoint, or bad pair files (missing
-            columns, nulls, unknown ids).
+            columns, nulls, ids of the other kind, new ids with ``new_nodes="error"``).
     """
     if (pos is None) != (neg is None):
         raise InputError("--pos and --neg go together")
     torch_device = resolve_device(device)
     ck = load_checkpoint(checkpoint, torch_device)
     graph = TrainingGraph(ck.split.train.to(torch_device), ck.config.model.num_nodes).graph
+    new_ids = 0
     if pos is not None:
-        pos_pairs, neg_pairs = read_pairs(pos, ck.id_map), read_pairs(neg, ck.id_map)
-        source = "files"
+        (pos_pairs, neg_pairs), new = read_pairs_with_new_nodes(ck.id_map, [pos, neg], new_nodes)
+        source, new_ids = "files", new.len()
     elif ck.split.test.size(0) > 0:
         pos_pairs, neg_pairs, source = ck.split.test, ck.split.test_neg, "test"
     else:
         pos_pairs, neg_pairs, source = ck.split.valid, ck.split.valid_neg, "valid"
         log.warning("checkpoint holds no test split; evaluating its validation split")
-    metrics = evaluate_split(ck.model, ck.features, graph, pos_pairs.to(torch_device),
-                             neg_pairs.to(torch_device), ck.config.train.eval_batch_size)
-    return {**metrics, "pairs": source}
+    batch = evaluation_inputs(ck, graph, pos_pairs, neg_pairs, new_ids, new_nodes)
+    metrics = evaluate_split(ck.model, batch.inputs, batch.graph, batch.pos.to(torch_device),
+                             batch.neg.to(torch_device), ck.config.train.eval_batch_size)
+    return {**metrics, "pairs": source, "cold_start": batch.report}

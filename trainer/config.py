@@ -1,6 +1,8 @@
 """Model and training configuration: dataclasses, per-dataset presets, TOML overrides.
 
 Precedence: built-in defaults < dataset preset < ``--config FILE.toml`` < command-line flags.
+The built-in defaults are those of an ``--edges`` graph, with or without node features
+(docs/training.md: the featureless benchmark found no reason to give featureless graphs others).
 Field names follow the official NCNC code's flags where one exists (``xdp``, ``preedp``, ...), so
 its README commands translate one to one.
 """
@@ -8,6 +10,7 @@ its README commands translate one to one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +74,12 @@ class TrainConfig:
     # Test metrics of every epoch (for the learning curve). Off, the test split is scored once,
     # with the best-validation weights: the same figures, without a test pass per epoch.
     test_each_epoch: bool = False
+    # Early stopping. `epochs` is then a ceiling: training stops after `patience` epochs without a
+    # better validation select_metric (0: never), or at the first epoch end past `max_minutes`
+    # (0: no limit). The best-validation weights are kept either way. The Planetoid presets turn
+    # patience off (the paper's fixed 100 epochs). docs/training.md: how 10 was measured.
+    patience: int = 10
+    max_minutes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -90,24 +99,23 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "preedp": 0.4, "predp": 0.05, "gnndp": 0.05, "probscale": 4.3,
                   "proboffset": 2.8, "alpha": 1.0},
         "train": {"gnnlr": 0.0043, "prelr": 0.0024, "batch_size": 1152, "eval_batch_size": 8192,
-                  "epochs": 100, "val_fraction": 0.1, "test_fraction": 0.2},
+                  "epochs": 100, "val_fraction": 0.1, "test_fraction": 0.2, "patience": 0},
     },
     "citeseer": {
         "model": {**_PLANETOID_COMMON, "xdp": 0.4, "tdp": 0.0, "pt": 0.75, "gnnedp": 0.0,
                   "preedp": 0.0, "predp": 0.55, "gnndp": 0.75, "probscale": 6.5,
                   "proboffset": 4.4, "alpha": 0.4, "twolayerlin": True},
         "train": {"gnnlr": 0.0085, "prelr": 0.0078, "batch_size": 384, "eval_batch_size": 4096,
-                  "epochs": 100, "val_fraction": 0.1, "test_fraction": 0.2},
+                  "epochs": 100, "val_fraction": 0.1, "test_fraction": 0.2, "patience": 0},
     },
     "pubmed": {
         "model": {**_PLANETOID_COMMON, "xdp": 0.3, "tdp": 0.0, "pt": 0.5, "gnnedp": 0.0,
                   "preedp": 0.0, "predp": 0.05, "gnndp": 0.1, "probscale": 5.3,
                   "proboffset": 0.5, "alpha": 0.3},
         "train": {"gnnlr": 0.0097, "prelr": 0.002, "batch_size": 2048, "eval_batch_size": 8192,
-                  "epochs": 100, "val_fraction": 0.1, "test_fraction": 0.2},
+                  "epochs": 100, "val_fraction": 0.1, "test_fraction": 0.2, "patience": 0},
     },
 }
-
 
 def _apply(section: Any, overrides: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(section)}
@@ -139,6 +147,33 @@ def load_toml(path: Path) -> dict[str, dict[str, Any]]:
     return {"model": data.get("model", {}), "train": data.get("train", {})}
 
 
+GRAPH_DERIVED = ("num_nodes", "in_features")
+"""ModelConfig fields every run takes from its graph, never from a config file."""
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # Python's int and float spellings are valid TOML
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string, escapes included
+    raise TypeError(f"no TOML spelling for {value!r}")
+
+
+def dump_toml(run: RunConfig, header: str = "") -> str:
+    """``run`` as the ``[model]`` / ``[train]`` TOML that :func:`load_toml` reads back, every
+    field but :data:`GRAPH_DERIVED` spelled out (so it means the same under later defaults).
+    ``header`` lines become comments at the top."""
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    for table, section in (("model", run.model), ("train", run.train)):
+        lines += ["", f"[{table}]"]
+        lines += [f"{name} = {_toml_value(value)}"
+                  for name, value in dataclasses.asdict(section).items()
+                  if name not in GRAPH_DERIVED]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
 def resolve_config(
     model: ModelKind,
     dataset: str | None = None,
@@ -165,4 +200,10 @@ def resolve_config(
         raise InputError(f"--model {model} conflicts with model = {run.model.model!r} in config")
     if run.model.depth not in (1, 2):
         raise InputError(f"depth must be 1 or 2, got {run.model.depth}")
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        if getattr(run.train, name) < 1:
+            raise InputError(f"{name} must be at least 1, got {getattr(run.train, name)}")
+    for name in ("patience", "max_minutes"):
+        if getattr(run.train, name) < 0:
+            raise InputError(f"{name} must be 0 (off) or positive, got {getattr(run.train, name)}")
     return run

@@ -77,7 +77,8 @@ def _canonical_edges(
     return edges, stats
 
 
-def load_edge_list(edges_path: Path, features_path: Path | None = None) -> GraphData:
+def load_edge_list(edges_path: Path, features_path: Path | None = None,
+                   nodes_path: Path | None = None) -> GraphData:
     """Load a graph from a Parquet edge list and, optionally, a Parquet features file.
 
     The edges file has columns ``src`` and ``dst`` holding integer or string ids (both the same
@@ -87,6 +88,10 @@ def load_edge_list(edges_path: Path, features_path: Path | None = None) -> Graph
     The features file has a ``node`` column (ids of the same kind) and either numeric columns, one
     feature each, or a single list/array column of floats of fixed length. Nodes that appear only
     in the features file become isolated nodes; every node of the edges file needs a feature row.
+
+    The nodes file (optional) has a ``node`` column listing nodes of the graph, those without
+    edges included (they become isolated nodes, and need a feature row too when features are
+    given).
 
     Raises:
         InputError: for any bad input; the message names the file, the column and example values.
@@ -114,6 +119,8 @@ def load_edge_list(edges_path: Path, features_path: Path | None = None) -> Graph
         raise InputError(f"edges file {edges_path}: ids do not fit in Int64 ({exc})") from exc
 
     node_values = pl.concat([src_ids, dst_ids])
+    if nodes_path is not None:
+        node_values = pl.concat([node_values, _read_nodes(Path(nodes_path), kinds["src"])])
     features_frame = None
     if features_path is not None:
         features_frame = _read_features_frame(Path(features_path), kinds["src"])
@@ -131,7 +138,9 @@ def load_edge_list(edges_path: Path, features_path: Path | None = None) -> Graph
         )
     features = None
     if features_frame is not None:
-        features = _features_tensor(features_frame, Path(features_path), id_map, src_ids, dst_ids)
+        what = "edges file" if nodes_path is None else "edges or nodes file"
+        features = _features_tensor(features_frame, Path(features_path), id_map, node_values,
+                                    what)
     logger.info(
         "edges file %s: %d rows, dropped %d self loop(s) and %d duplicate edge(s); "
         "%d undirected edges on %d nodes%s",
@@ -148,26 +157,35 @@ def load_edge_list(edges_path: Path, features_path: Path | None = None) -> Graph
     )
 
 
-def _read_features_frame(path: Path, edge_kind: str) -> pl.DataFrame:
-    """Read and check a features file; returns ``node`` (canonical ids) plus the value columns."""
-    frame = read_parquet_table(path, columns=None, what="features file")
+def _id_column(frame: pl.DataFrame, path: Path, what: str, edge_kind: str) -> pl.Series:
+    """``frame``'s ``node`` column as canonical ids of the edges file's kind, or InputError."""
     if "node" not in frame.columns:
         raise InputError(
-            f"features file {path}: missing column node "
+            f"{what} {path}: missing column node "
             f"(columns present: {', '.join(frame.columns)})"
         )
     kind = id_kind(frame["node"].dtype)
     if kind != edge_kind:
         raise InputError(
-            f"features file {path} column node: ids are {kind or frame['node'].dtype} but the "
+            f"{what} {path} column node: ids are {kind or frame['node'].dtype} but the "
             f"edges file's ids are {edge_kind} (examples: {examples(frame['node'])})"
         )
     try:
-        frame = frame.with_columns(as_id_series(frame["node"]))
+        return as_id_series(frame["node"])
     except pl.exceptions.InvalidOperationError as exc:
-        raise InputError(
-            f"features file {path} column node: ids do not fit in Int64 ({exc})"
-        ) from exc
+        raise InputError(f"{what} {path} column node: ids do not fit in Int64 ({exc})") from exc
+
+
+def _read_nodes(path: Path, edge_kind: str) -> pl.Series:
+    """The ids of a nodes file (column ``node``), in the edges file's kind."""
+    frame = read_parquet_table(path, columns=["node"], what="nodes file")
+    return _id_column(frame, path, "nodes file", edge_kind)
+
+
+def _read_features_frame(path: Path, edge_kind: str) -> pl.DataFrame:
+    """Read and check a features file; returns ``node`` (canonical ids) plus the value columns."""
+    frame = read_parquet_table(path, columns=None, what="features file")
+    frame = frame.with_columns(_id_column(frame, path, "features file", edge_kind))
     duplicated = frame["node"].filter(frame["node"].is_duplicated()).unique(maintain_order=True)
     if duplicated.len():
         raise InputError(
@@ -233,14 +251,15 @@ def _features_matrix(frame: pl.DataFrame, path: Path) -> np.ndarray:
 
 
 def _features_tensor(
-    frame: pl.DataFrame, path: Path, id_map: IdMap, src_ids: pl.Series, dst_ids: pl.Series
+    frame: pl.DataFrame, path: Path, id_map: IdMap, required: pl.Series, what: str
 ) -> torch.Tensor:
-    """The ``[num_nodes, F]`` float32 feature matrix in node-index order."""
-    edge_nodes = pl.concat([src_ids, dst_ids]).unique()
-    missing = edge_nodes.filter(~edge_nodes.is_in(frame["node"].implode())).sort()
+    """The ``[num_nodes, F]`` float32 feature matrix in node-index order; every node of
+    ``required`` (the nodes of ``what``, e.g. the edges file) needs a row."""
+    required = required.unique()
+    missing = required.filter(~required.is_in(frame["node"].implode())).sort()
     if missing.len():
         raise InputError(
-            f"features file {path} column node: {missing.len()} node(s) of the edges file have no "
+            f"features file {path} column node: {missing.len()} node(s) of the {what} have no "
             f"feature row: {examples(missing)}"
         )
     values = _features_matrix(frame, path)

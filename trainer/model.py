@@ -107,7 +107,15 @@ class Encoder(nn.Module):
         self.jk = nn.Parameter(torch.randn(cfg.mp_layers)) if cfg.jk and cfg.mp_layers > 0 else None
 
     def forward(self, x: Tensor | None, graph: CSRGraph) -> Tensor:
-        h = self.input(self.embedding.weight if self.embedding is not None else x)
+        """Node representations ``[n, hidden]`` of ``graph``'s ``n`` nodes.
+
+        ``x``: node features ``[n, in_features]``. A featureless model reads its learned table
+        when ``x`` is None, or ``x`` as its input table ``[n, hidden]``: rows for the nodes of
+        another graph, such as a newer snapshot (:mod:`ncnc.trainer.inductive`).
+        """
+        if self.embedding is not None and x is None:
+            x = self.embedding.weight
+        h = self.input(x)
         edge_index = None if self.pure else graph.edge_index()
         entry_weight = None
         if self.training and self.gnnedp > 0:

@@ -188,7 +188,11 @@ def concat_ragged_reference(parts: Sequence[RaggedSet]) -> RaggedSet:
 
 
 def endpoint_product_reference(h: Tensor, pairs: Tensor) -> Tensor:
-    """``h[i] * h[j]`` for each pair ``(i, j)``: the head's ``xij``."""
+    """``h[i] * h[j]`` for each pair ``(i, j)``: the head's ``xij``. Half-precision tables give
+    float32 products (exact: two 8- or 11-bit significands fit in float32's 24), as the other
+    common-neighbour operations accumulate half inputs in float32."""
+    if h.dtype in (torch.float16, torch.bfloat16):
+        return h[pairs[:, 0]].float() * h[pairs[:, 1]].float()
     return h[pairs[:, 0]] * h[pairs[:, 1]]
 
 

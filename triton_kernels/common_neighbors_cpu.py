@@ -71,6 +71,23 @@ def _prefetch(typingctx, array, row, col):
     return sig, codegen
 
 
+@intrinsic
+def _widen(typingctx, value):
+    """A table element as the accumulation type: a bfloat16 (its 16 bits, read from a uint16
+    view of the table) becomes the float32 with those bits on top, exactly; float32 and float64
+    pass through. The kernels read bfloat16 tables natively, without a widened copy."""
+    if isinstance(value, types.Integer) and value.bitwidth == 16 and not value.signed:
+        def codegen(context, builder, signature, args):
+            i32 = ir.IntType(32)
+            bits = builder.shl(builder.zext(args[0], i32), ir.Constant(i32, 16))
+            return builder.bitcast(bits, ir.FloatType())
+
+        return types.float32(value), codegen
+    if isinstance(value, types.Float):
+        return value(value), lambda context, builder, signature, args: args[0]
+    return None
+
+
 @numba.njit(**_JIT)
 def _prefetch_row(array, row, t0, t1):
     """Prefetch ``array[row, t0:t1]``, one call per 64-byte cache line."""
@@ -172,7 +189,7 @@ def _add_rows(found, count, b, src, dst, t0, t1, scatter, acc):
     for f in range(count):
         u = found[f]
         for t in range(t0, t1):
-            acc[t] += src[u, t]
+            acc[t] += _widen(src[u, t])
 
 
 @numba.njit(**_JIT)
@@ -186,7 +203,6 @@ def _cn_kernel(lo, hi, indptr, indices, src, pairs, dst, counts, scatter):
     ``_AHEAD`` at a time with their feature rows prefetched, then added.
     """
     b_lo, b_hi, t0, t1 = (0, pairs.shape[0], lo, hi) if scatter else (lo, hi, 0, src.shape[1])
-    rows = dst if scatter else src
     bounds = np.empty((_GROUP, 4), dtype=np.int64)
     found = np.empty(_AHEAD, dtype=np.int64)
     acc = np.zeros(t1 - t0, dtype=dst.dtype)
@@ -204,7 +220,10 @@ def _cn_kernel(lo, hi, indptr, indices, src, pairs, dst, counts, scatter):
                     break
                 if t1 > t0:
                     u = indices[p]
-                    _prefetch_row(rows, u, t0, t1)
+                    if scatter:  # the rows that will be read next: dst's, or the table's
+                        _prefetch_row(dst, u, t0, t1)
+                    else:
+                        _prefetch_row(src, u, t0, t1)
                     found[c % _AHEAD] = u
                     if c % _AHEAD == _AHEAD - 1:
                         _add_rows(found, _AHEAD, b, src, dst, t0, t1, scatter, acc)
@@ -349,7 +368,7 @@ def _ragged_gather(lo, hi, offsets, members, weights, src, dst):
             m = members[k]
             w = weights[k]
             for t in range(d):
-                acc[t] += w * src[m, t]
+                acc[t] += w * _widen(src[m, t])
         dst[b, :] = acc
 
 
@@ -364,7 +383,7 @@ def _endpoint_product(lo, hi, rows, pairs, dst):
             _prefetch_row(rows, pairs[b + _AHEAD, 1], 0, d)
         i, j = pairs[b, 0], pairs[b, 1]
         for t in range(d):
-            dst[b, t] = rows[i, t] * rows[j, t]
+            dst[b, t] = _widen(rows[i, t]) * _widen(rows[j, t])
 
 
 # The constants of ncnc.triton_kernels.completion.reproducible_sigmoid_reference, whose operations
@@ -500,8 +519,19 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _float_rows(x: Tensor) -> Tensor:
-    """``x`` as float32/float64 rows numba can read (half types are widened once)."""
-    return x.detach().to(_acc_dtype(x.dtype)).contiguous()
+    """``x`` as rows the kernels read: float32/float64 as they are, bfloat16 as its bits (a
+    uint16 view, widened element by element in the kernels: no copy), float16 widened once."""
+    x = x.detach().contiguous()
+    if x.dtype == torch.float16:
+        return x.float()
+    return x
+
+
+def _table(x: Tensor) -> np.ndarray:
+    """The numpy array the kernels read for a :func:`_float_rows` table."""
+    if x.dtype == torch.bfloat16:
+        return x.view(torch.int16).numpy().view(np.uint16)
+    return x.numpy()
 
 
 def _pairs(pairs: Tensor) -> np.ndarray:
@@ -512,10 +542,11 @@ def common_neighbor_sum_cpu(
     indptr: Tensor, indices: Tensor, x: Tensor, pairs: Tensor
 ) -> tuple[Tensor, Tensor]:
     xf = _float_rows(x)
-    out = _zeros(pairs.size(0), x.size(1), dtype=xf.dtype)
+    out = _zeros(pairs.size(0), x.size(1), dtype=_acc_dtype(x.dtype))
     counts = torch.empty(pairs.size(0), dtype=torch.long)
     graph = (_np(indptr), _np(indices))
-    run_ranges(_cn_kernel, pairs.size(0), *graph, _np(xf), _pairs(pairs), out.numpy(), counts.numpy(), False)
+    run_ranges(_cn_kernel, pairs.size(0), *graph, _table(xf), _pairs(pairs), out.numpy(),
+               counts.numpy(), False)
     return out, counts
 
 
@@ -570,9 +601,9 @@ def _ragged_arrays(offsets: Tensor, members: Tensor, weights: Tensor, dtype: tor
 
 def weighted_gather_sum_cpu(offsets: Tensor, members: Tensor, weights: Tensor, x: Tensor) -> Tensor:
     xf = _float_rows(x)
-    out = _zeros(offsets.numel() - 1, x.size(1), dtype=xf.dtype)
-    ragged = _ragged_arrays(offsets, members, weights, xf.dtype)
-    run_ranges(_ragged_gather, out.size(0), *ragged, _np(xf), out.numpy())
+    out = _zeros(offsets.numel() - 1, x.size(1), dtype=_acc_dtype(x.dtype))
+    ragged = _ragged_arrays(offsets, members, weights, out.dtype)
+    run_ranges(_ragged_gather, out.size(0), *ragged, _table(xf), out.numpy())
     return out
 
 
@@ -587,19 +618,22 @@ def weighted_gather_sum_backward_cpu(
 
 
 def endpoint_product_cpu(h: Tensor, pairs: Tensor) -> Tensor:
-    """``h[i] * h[j]`` per pair for float32 / float64 ``h`` (no autograd)."""
-    out = torch.empty(pairs.size(0), h.size(1), dtype=h.dtype)
-    run_ranges(_endpoint_product, pairs.size(0), _np(h), _pairs(pairs), out.numpy())
+    """``h[i] * h[j]`` per pair for float32 / float64 / bfloat16 ``h`` (no autograd; bfloat16
+    gives float32 products)."""
+    h = _float_rows(h)
+    out = torch.empty(pairs.size(0), h.size(1), dtype=_acc_dtype(h.dtype))
+    run_ranges(_endpoint_product, pairs.size(0), _table(h), _pairs(pairs), out.numpy())
     return out
 
 
 def reproducible_sigmoid_cpu(z: Tensor) -> Tensor:
     """:func:`ncnc.triton_kernels.completion.reproducible_sigmoid_reference` in one compiled
     pass: the same bits, about 20x faster (float64 out, as the reference)."""
-    values = z.detach().to(torch.float64).contiguous().view(-1)
-    out = torch.empty_like(values)
-    run_ranges(_sigmoid, values.numel(), values.numpy(), out.numpy(), _POW2, min_chunk=1 << 15)
-    return out.view(z.shape)
+    # numpy for the widening: a tiny torch op pays a thread-pool handoff (ms on a busy machine).
+    values = np.ascontiguousarray(z.detach().numpy().reshape(-1), dtype=np.float64)
+    out = np.empty_like(values)
+    run_ranges(_sigmoid, values.size, values, out, _POW2, min_chunk=1 << 15)
+    return torch.from_numpy(out).view(z.shape)
 
 
 def concat_ragged_cpu(parts: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:

@@ -25,6 +25,7 @@ CPU tensors.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -112,7 +113,35 @@ def _slot_hash(i, j, k, salt):
     h = h * 0x85EBCA6B
     h = h ^ (h >> 13)
     h = h * 0xC2B2AE35
-    return (h ^ (h >> 16)).to(tl.int64)
+    return h ^ (h >> 16)
+
+
+@triton.jit
+def _hash_rank(h, size):
+    """``h % size`` for a uint32 hash ``h`` and an int64 ``size >= 1``, as int64, without 64-bit
+    division (a call into a division routine whose saved registers ptxas spilled): a size of
+    ``2**32`` or more leaves ``h`` as it is, any other fits the 32-bit remainder."""
+    wide = size > 0xFFFFFFFF
+    narrow = tl.where(wide, 1, size).to(tl.uint32)
+    return tl.where(wide, h.to(tl.int64), (h % narrow).to(tl.int64))
+
+
+@triton.jit
+def _aligned(value, ROW_ALIGN: tl.constexpr):
+    # ``value`` is a multiple of ROW_ALIGN (the launcher made sure): an identity the compiler can
+    # read. tl.multiple_of does not reach scalar kernel arguments.
+    return value // ROW_ALIGN * ROW_ALIGN
+
+
+@triton.jit
+def _aligned_rows(d, stride_x, stride_out, stride_grad, stride_grad_x, ROW_ALIGN: tl.constexpr):
+    """The feature width and row strides, each a multiple of ``ROW_ALIGN`` (the launcher's
+    :func:`_row_align`). Triton's JIT proves only multiples of 16, so at a width such as
+    d = 100 rows were read one element per instruction; with this, in 8- or 16-byte vectors."""
+    return (
+        _aligned(d, ROW_ALIGN), _aligned(stride_x, ROW_ALIGN), _aligned(stride_out, ROW_ALIGN),
+        _aligned(stride_grad, ROW_ALIGN), _aligned(stride_grad_x, ROW_ALIGN),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,6 +170,12 @@ _TILE_CONFIGS = [
     triton.Config({"BLOCK_K": 32, "BLOCK_D": 256}, num_warps=8),
     triton.Config({"BLOCK_K": 64, "BLOCK_D": 256}, num_warps=8),
 ]
+# The scatters (backward) take at most 32 tile elements per thread: each element is one atomic
+# with its own 64-bit address, and on sm_80, which has no vector f32 atomics, the 64 per thread of
+# the [64, 256] / 8-warp tile need 255 registers and spill (benchmarks/ptx_report.py).
+_SCATTER_CONFIGS = [
+    c for c in _TILE_CONFIGS if c.kwargs["BLOCK_K"] * c.kwargs["BLOCK_D"] <= 32 * 32 * c.num_warps
+]
 # Keys: feature width (tile choice), the log2 bucket of the mean shorter-row degree (probe width),
 # and the mode (count-only runs have no feature work at all).
 _CN_KEY = ["d", "deg_key", "MODE"]
@@ -151,7 +186,8 @@ def _cn_kernel(
     indptr, indices, pairs, x, out, counts, grad, grad_x,
     d, stride_x, stride_out, stride_grad, stride_grad_x, deg_key,
     MODE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
+    ROW_ALIGN: tl.constexpr,
+):
     b = tl.program_id(0).to(tl.int64)
     tile = tl.program_id(1)
     i, j, si, ei, sj, ej = _row_bounds(indptr, pairs, b)
@@ -161,6 +197,9 @@ def _cn_kernel(
     q_start = tl.where(swap, si, sj)
     q_end = tl.where(swap, ei, ej)
 
+    d, stride_x, stride_out, stride_grad, stride_grad_x = _aligned_rows(
+        d, stride_x, stride_out, stride_grad, stride_grad_x, ROW_ALIGN
+    )
     cols = tile * BLOCK_D + tl.arange(0, BLOCK_D)
     col_mask = cols < d
     lanes = tl.arange(0, BLOCK_K)
@@ -187,6 +226,7 @@ def _cn_kernel(
                     grad_x + rows[:, None] * stride_grad_x + cols[None, :],
                     tl.broadcast_to(g[None, :], (BLOCK_K, BLOCK_D)),
                     mask=tile_mask,
+                    sem="relaxed",  # nothing here reads grad_x: no ordering, just the sum
                 )
         # Rows are ascending: the next chunk's values lie beyond this chunk's last lower bound.
         q_start = tl.max(tl.where(mask, lo, q_start))
@@ -201,7 +241,7 @@ def _cn_kernel(
 def _fill_difference(
     indices, own_start, own_degree, pos, pos_base, common, i, j, cap, salt, weight,
     out_base, members, weights, BLOCK_K: tl.constexpr,
-):  # fmt: skip
+):
     """One row minus its common positions: all of it, or ``cap`` hashed draws weighted ``weight``."""
     lanes = tl.arange(0, BLOCK_K)
     size = own_degree - common
@@ -214,7 +254,7 @@ def _fill_difference(
             lo = _lower_bound(
                 pos, tl.zeros_like(p) + pos_base, tl.zeros_like(p) + pos_base + common, p, mask,
                 pos_steps,
-            )  # fmt: skip
+            )
             inside = mask & (lo < pos_base + common)
             is_common = inside & (tl.load(pos + lo, mask=inside, other=-1) == p)
             keep = mask & ~is_common
@@ -227,7 +267,7 @@ def _fill_difference(
         for first_k in range(0, cap, BLOCK_K):
             k = first_k + lanes
             mask = k < cap
-            rank = _slot_hash(i, j, k, salt) % size
+            rank = _hash_rank(_slot_hash(i, j, k, salt), size)
             # m = #{t : pos[t] - t <= rank}, a lower bound over the non-decreasing pos[t] - t.
             lo = tl.zeros([BLOCK_K], dtype=tl.int64)
             hi = lo + common
@@ -258,7 +298,7 @@ def _split_fill_kernel(
     indptr, indices, pairs, cap, salt_i, salt_j, weight_i, weight_j,
     c_off, c_mem, pos_i, pos_j, i_off, i_mem, i_w, j_off, j_mem, j_w, deg_key,
     BLOCK_K: tl.constexpr,
-):  # fmt: skip
+):
     b = tl.program_id(0).to(tl.int64)
     i, j, si, ei, sj, ej = _row_bounds(indptr, pairs, b)
     swap = (ei - si) > (ej - sj)
@@ -286,11 +326,11 @@ def _split_fill_kernel(
     _fill_difference(
         indices, si, ei - si, pos_i, base, common, i, j, cap, salt_i, tl.load(weight_i + b),
         tl.load(i_off + b), i_mem, i_w, BLOCK_K,
-    )  # fmt: skip
+    )
     _fill_difference(
         indices, sj, ej - sj, pos_j, base, common, i, j, cap, salt_j, tl.load(weight_j + b),
         tl.load(j_off + b), j_mem, j_w, BLOCK_K,
-    )  # fmt: skip
+    )
 
 
 # Keys: feature width, the log2 bucket of the mean segment length, and the mode.
@@ -302,8 +342,12 @@ def _gather_kernel(
     offsets, members, weights, x, out, grad, grad_x,
     d, stride_x, stride_out, stride_grad, stride_grad_x, seg_key,
     MODE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
+    ROW_ALIGN: tl.constexpr,
+):
     b = tl.program_id(0).to(tl.int64)
+    d, stride_x, stride_out, stride_grad, stride_grad_x = _aligned_rows(
+        d, stride_x, stride_out, stride_grad, stride_grad_x, ROW_ALIGN
+    )
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_mask = cols < d
     start = tl.load(offsets + b)
@@ -328,10 +372,10 @@ def _gather_kernel(
                 grad_x + rows[:, None] * stride_grad_x + cols[None, :],
                 w[:, None] * g[None, :],
                 mask=tile_mask,
+                sem="relaxed",  # nothing here reads grad_x: no ordering, just the sum
             )
     if MODE == 0:
         tl.store(out + b * stride_out + cols, acc, mask=col_mask)
-
 
 
 def _autotuned(kernel, configs, key, scatter: bool = False):
@@ -342,25 +386,34 @@ def _autotuned(kernel, configs, key, scatter: bool = False):
 
 
 _cn_forward = _autotuned(_cn_kernel, _TILE_CONFIGS, _CN_KEY)
-_cn_backward = _autotuned(_cn_kernel, _TILE_CONFIGS, _CN_KEY, scatter=True)
+_cn_backward = _autotuned(_cn_kernel, _SCATTER_CONFIGS, _CN_KEY, scatter=True)
 _split_fill = _autotuned(_split_fill_kernel, _SPLIT_CONFIGS, ["deg_key"])
 _gather_forward = _autotuned(_gather_kernel, _TILE_CONFIGS, _GATHER_KEY)
-_gather_backward = _autotuned(_gather_kernel, _TILE_CONFIGS, _GATHER_KEY, scatter=True)
+_gather_backward = _autotuned(_gather_kernel, _SCATTER_CONFIGS, _GATHER_KEY, scatter=True)
 
 # NCNC_TRITON_AUTOTUNE=0 launches one fixed configuration instead of autotuning (each new key
 # compiles and times every config: the CUDA tests set it to stay quick). Interpreter runs (CPU
 # tests) never autotune and use small tiles so that chunk boundaries are exercised.
 AUTOTUNE = os.environ.get("NCNC_TRITON_AUTOTUNE", "1") != "0"
+# Each fixed configuration is one of the kernel's autotune configs. The split's has one warp: its
+# 32 lanes on 4 warps left 3 of them repeating the first one's work (and spilled on sm_80).
 _FIXED_META = {"BLOCK_K": 32, "BLOCK_D": 128, "num_warps": 4}
+_FIXED_SPLIT_META = {"BLOCK_K": 32, "num_warps": 1}
 _INTERPRET_META = {"BLOCK_K": 16, "BLOCK_D": 32}
+
+
+def _fixed_meta(kernel, interpret: bool) -> dict:
+    """The one configuration ``kernel`` (an autotuner) runs in without autotuning."""
+    if interpret:
+        return {k: v for k, v in _INTERPRET_META.items() if k in kernel.fn.arg_names}
+    return _FIXED_META if "BLOCK_D" in kernel.fn.arg_names else _FIXED_SPLIT_META
 
 
 def _launch(kernel, grid, *args, **meta) -> None:
     if AUTOTUNE and not INTERPRET:
         wrap_triton(kernel)[grid](*args, **meta)
         return
-    defaults = _INTERPRET_META if INTERPRET else _FIXED_META
-    fixed = {k: v for k, v in defaults.items() if k in kernel.fn.arg_names or k == "num_warps"}
+    fixed = _fixed_meta(kernel, INTERPRET)
     grid = grid(fixed) if callable(grid) else grid
     launcher = kernel.fn if INTERPRET else wrap_triton(kernel.fn)
     launcher[grid](*args, **meta, **fixed)
@@ -403,6 +456,13 @@ def _deg_key(indptr: Tensor, pairs: Tensor) -> int:
     return _log2_bucket(float(shorter.float().mean()))
 
 
+def _row_align(*sizes: int) -> int:
+    """The largest power of two, at most 16, that divides every size (feature width and row
+    strides in elements): what the kernels may assume of row offsets (``_aligned_rows``)."""
+    common = math.gcd(*sizes)
+    return 16 if common == 0 else min(16, common & -common)
+
+
 def _rows(t: Tensor) -> Tensor:
     """``t`` with unit column stride (the kernels index ``row * stride + col``)."""
     return t if t.stride(-1) == 1 else t.contiguous()
@@ -410,6 +470,15 @@ def _rows(t: Tensor) -> Tensor:
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _scatter_rows(grad: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
+    """``(grad, grad_x)`` for a scatter: ``grad`` as rows in its accumulation dtype and a zeroed
+    ``[num_rows, d]`` ``grad_x`` of that dtype. Half gradients are summed in float32: many small
+    contributions added in 16 bits lose their low bits, and sm_80 has no bfloat16 atomic add (it
+    becomes a compare-and-swap loop per element, which also spilled registers)."""
+    grad = _rows(grad).to(_acc_dtype(grad.dtype))
+    return grad, torch.zeros(num_rows, grad.size(1), dtype=grad.dtype, device=grad.device)
 
 
 def common_neighbor_sum_triton(
@@ -426,31 +495,33 @@ def common_neighbor_sum_triton(
         return out, counts
     if d == 0:
         return out, common_neighbor_count_triton(indptr, indices, pairs)
-    grid = lambda meta: (num_pairs, triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
+    grid = lambda meta: (num_pairs, triton.cdiv(d, meta["BLOCK_D"]))
     _launch(
         _cn_forward, grid, indptr, indices, pairs, x, out, counts, out, out,
         d, x.stride(0), out.stride(0), 0, 0, _deg_key(indptr, pairs), MODE=MODE_SUM,
-    )  # fmt: skip
+        ROW_ALIGN=_row_align(d, x.stride(0), out.stride(0)),
+    )
     return out, counts
 
 
 def common_neighbor_sum_backward_triton(
     indptr: Tensor, indices: Tensor, pairs: Tensor, grad: Tensor, num_rows: int
 ) -> Tensor:
-    """``grad_x [num_rows, d]``: each pair's ``grad`` row added into its common neighbours' rows."""
+    """``grad_x [num_rows, d]``: each pair's ``grad`` row added into its common neighbours' rows
+    (in ``grad``'s dtype; half gradients are summed in float32, see :func:`_scatter_rows`)."""
     _check_graph(indptr, indices, pairs)
     _check_features("grad", grad, indptr.device)
-    grad, pairs = _rows(grad), pairs.contiguous()
+    grad_dtype = grad.dtype
+    (grad, grad_x), pairs = _scatter_rows(grad, num_rows), pairs.contiguous()
     num_pairs, d = pairs.size(0), grad.size(1)
-    grad_x = torch.zeros(num_rows, d, dtype=grad.dtype, device=grad.device)
-    if num_pairs == 0 or d == 0:
-        return grad_x
-    grid = lambda meta: (num_pairs, triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
-    _launch(
-        _cn_backward, grid, indptr, indices, pairs, grad, grad, grad, grad, grad_x,
-        d, 0, 0, grad.stride(0), grad_x.stride(0), _deg_key(indptr, pairs), MODE=MODE_SCATTER,
-    )  # fmt: skip
-    return grad_x
+    if num_pairs and d:
+        grid = lambda meta: (num_pairs, triton.cdiv(d, meta["BLOCK_D"]))
+        _launch(
+            _cn_backward, grid, indptr, indices, pairs, grad, grad, grad, grad, grad_x,
+            d, 0, 0, grad.stride(0), grad_x.stride(0), _deg_key(indptr, pairs), MODE=MODE_SCATTER,
+            ROW_ALIGN=_row_align(d, grad.stride(0), grad_x.stride(0)),
+        )
+    return grad_x.to(grad_dtype)
 
 
 def common_neighbor_count_triton(indptr: Tensor, indices: Tensor, pairs: Tensor) -> Tensor:
@@ -463,8 +534,8 @@ def common_neighbor_count_triton(indptr: Tensor, indices: Tensor, pairs: Tensor)
     unused = counts  # the feature pointers are never read in count mode
     _launch(
         _cn_forward, (pairs.size(0), 1), indptr, indices, pairs, unused, unused, counts, unused,
-        unused, 1, 0, 0, 0, 0, _deg_key(indptr, pairs), MODE=MODE_COUNT,
-    )  # fmt: skip
+        unused, 1, 0, 0, 0, 0, _deg_key(indptr, pairs), MODE=MODE_COUNT, ROW_ALIGN=1,
+    )
     return counts
 
 
@@ -490,13 +561,13 @@ def neighbor_split_triton(
             layout.weight_i, layout.weight_j, layout.common_offsets, c_mem, pos_i, pos_j,
             layout.only_i_offsets, i_mem, i_w, layout.only_j_offsets, j_mem, j_w,
             _deg_key(indptr, pairs),
-        )  # fmt: skip
+        )
     c_w = torch.ones(layout.common_total, dtype=torch.float32, device=device)
     return (
         layout.common_offsets, c_mem, c_w,
         layout.only_i_offsets, i_mem, i_w,
         layout.only_j_offsets, j_mem, j_w,
-    )  # fmt: skip
+    )
 
 
 def _check_ragged(offsets: Tensor, members: Tensor, weights: Tensor) -> None:
@@ -523,33 +594,38 @@ def weighted_gather_sum_triton(offsets: Tensor, members: Tensor, weights: Tensor
     """``out[b] = sum_{k in segment b} weights[k] * x[members[k]]``; fp32 accumulation."""
     _check_ragged(offsets, members, weights)
     _check_features("x", x, offsets.device)
-    x, members, weights = _rows(x), members.contiguous(), weights.contiguous()
+    # The kernel multiplies in the accumulation dtype: widening (or rounding) the weights to it
+    # here gives the same products, and one kernel per x dtype instead of one per weight dtype.
+    x, members, weights = _rows(x), members.contiguous(), weights.to(_acc_dtype(x.dtype)).contiguous()
     num_segments, d = offsets.numel() - 1, x.size(1)
     out = torch.empty(num_segments, d, dtype=_acc_dtype(x.dtype), device=x.device)
     if num_segments == 0 or d == 0:
         return out
-    grid = lambda meta: (num_segments, triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
+    grid = lambda meta: (num_segments, triton.cdiv(d, meta["BLOCK_D"]))
     _launch(
         _gather_forward, grid, offsets, members, weights, x, out, out, out,
         d, x.stride(0), out.stride(0), 0, 0, _seg_key(offsets, members), MODE=MODE_SUM,
-    )  # fmt: skip
+        ROW_ALIGN=_row_align(d, x.stride(0), out.stride(0)),
+    )
     return out
 
 
 def weighted_gather_sum_backward_triton(
     offsets: Tensor, members: Tensor, weights: Tensor, grad: Tensor, num_rows: int
 ) -> Tensor:
-    """``grad_x[members[k]] += weights[k] * grad[b]`` for every member ``k`` of segment ``b``."""
+    """``grad_x[members[k]] += weights[k] * grad[b]`` for every member ``k`` of segment ``b`` (in
+    ``grad``'s dtype; half gradients are summed in float32, see :func:`_scatter_rows`)."""
     _check_ragged(offsets, members, weights)
     _check_features("grad", grad, offsets.device)
-    grad, members, weights = _rows(grad), members.contiguous(), weights.contiguous()
+    grad_dtype = grad.dtype
+    grad, grad_x = _scatter_rows(grad, num_rows)
+    members, weights = members.contiguous(), weights.to(grad.dtype).contiguous()  # as the forward
     num_segments, d = offsets.numel() - 1, grad.size(1)
-    grad_x = torch.zeros(num_rows, d, dtype=grad.dtype, device=grad.device)
-    if num_segments == 0 or d == 0 or members.numel() == 0:
-        return grad_x
-    grid = lambda meta: (num_segments, triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
-    _launch(
-        _gather_backward, grid, offsets, members, weights, grad, grad, grad, grad_x,
-        d, 0, 0, grad.stride(0), grad_x.stride(0), _seg_key(offsets, members), MODE=MODE_SCATTER,
-    )  # fmt: skip
-    return grad_x
+    if num_segments and d and members.numel():
+        grid = lambda meta: (num_segments, triton.cdiv(d, meta["BLOCK_D"]))
+        _launch(
+            _gather_backward, grid, offsets, members, weights, grad, grad, grad, grad_x,
+            d, 0, 0, grad.stride(0), grad_x.stride(0), _seg_key(offsets, members), MODE=MODE_SCATTER,
+            ROW_ALIGN=_row_align(d, grad.stride(0), grad_x.stride(0)),
+        )
+    return grad_x.to(grad_dtype)

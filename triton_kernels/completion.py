@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -77,6 +78,19 @@ def reproducible_sigmoid_reference(z: Tensor) -> Tensor:
     return torch.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
+class InnerLogitCache(Protocol):
+    """Logits of completion pairs kept across calls (the scorer's memo). Keys are the pairs'
+    int64 keys ``a * num_nodes + b``; a cache returns exactly the logits it was given."""
+
+    def cached(self, keys: Tensor) -> tuple[Tensor, Tensor]:
+        """``(logits [K] float32, hit [K] bool)`` for ``keys [K]`` (logits where hit)."""
+        ...
+
+    def store(self, keys: Tensor, logits: Tensor) -> None:
+        """Keep ``logits`` of ``keys`` (it may forget them later)."""
+        ...
+
+
 def completed_common_neighbors(
     indptr: Tensor,
     indices: Tensor,
@@ -87,6 +101,7 @@ def completed_common_neighbors(
     cap: int = -1,
     seed: int = 0,
     symmetric_inner: bool = False,
+    cache: InnerLogitCache | None = None,
 ) -> RaggedSet:
     """The weighted members of each pair's completed common-neighbour set, the terms of ``cn~``.
 
@@ -103,6 +118,9 @@ def completed_common_neighbors(
             once per call. Called under ``torch.no_grad``.
         symmetric_inner: the inner score of ``(a, b)`` equals that of ``(b, a)`` (true for NCN), so
             the two orders share one computation.
+        cache: completion pairs' logits from earlier calls; only the pairs it lacks are asked of
+            ``inner_logits``. A pair's logit does not depend on the batch it is scored in, so the
+            result is the same bits with or without it.
 
     Shapes:
         ``pairs`` ``[B, 2]``; returns offsets ``[B + 1]``, members ``[M]``, weights ``[M]`` float32
@@ -115,7 +133,8 @@ def completed_common_neighbors(
         torch.stack([pairs[only_j.segment_ids(), 0], only_j.members], 1),
     ])
     with torch.no_grad():
-        probs = calibration(_distinct_logits(completion_pairs, inner_logits, symmetric_inner, x))
+        probs = calibration(_distinct_logits(completion_pairs, inner_logits, symmetric_inner, x,
+                                             cache))
     p_i, p_j = probs.split([only_i.members.numel(), only_j.members.numel()])
     # One ragged set over the three parts: the gather then reads each pair's x rows in one pass.
     return concat_ragged([
@@ -135,17 +154,19 @@ def completed_common_neighbor_sum(
     cap: int = -1,
     seed: int = 0,
     symmetric_inner: bool = False,
+    cache: InnerLogitCache | None = None,
 ) -> Tensor:
     """``cn~`` of each pair, ``[B, d]``: the weighted sum of ``x`` over
     :func:`completed_common_neighbors` (same arguments); differentiable in ``x`` (not through
     ``inner_logits``)."""
     members = completed_common_neighbors(indptr, indices, x, pairs, inner_logits, calibration,
-                                         cap, seed, symmetric_inner)
+                                         cap, seed, symmetric_inner, cache)
     return weighted_gather_sum(members.offsets, members.members, members.weights, x)
 
 
 def _distinct_logits(
-    pairs: Tensor, inner_logits: Callable[[Tensor], Tensor], symmetric: bool, x: Tensor
+    pairs: Tensor, inner_logits: Callable[[Tensor], Tensor], symmetric: bool, x: Tensor,
+    cache: InnerLogitCache | None = None,
 ) -> Tensor:
     # Eager callers skip the inner model when nothing needs completing; while torch.export traces,
     # the size is symbolic and the general path below handles zero pairs too.
@@ -159,7 +180,18 @@ def _distinct_logits(
     unique = torch.stack([keys // stride, keys % stride], 1)
     if torch.compiler.is_compiling():  # a traced program cannot loop over data-dependent chunks
         return inner_logits(unique).float()[inverse]
+    if cache is None:
+        return _chunked_logits(unique, inner_logits)[inverse]
+    logits, hit = cache.cached(keys)
+    missing = ~hit
+    if bool(missing.any()):
+        computed = _chunked_logits(unique[missing], inner_logits)
+        logits[missing] = computed
+        cache.store(keys[missing], computed)
+    return logits[inverse]
+
+
+def _chunked_logits(pairs: Tensor, inner_logits: Callable[[Tensor], Tensor]) -> Tensor:
     # Hubs make a batch's completion pairs outnumber its target pairs many times over: score them
     # in bounded chunks so memory stays flat whatever the degrees.
-    logits = torch.cat([inner_logits(chunk).float() for chunk in unique.split(INNER_CHUNK)])
-    return logits[inverse]
+    return torch.cat([inner_logits(chunk).float() for chunk in pairs.split(INNER_CHUNK)])

@@ -21,7 +21,7 @@ weights, x)``
 
 The operators check only what the kernels need to run safely on their device (dtypes, shapes,
 devices); the data checks (sorted rows, id ranges) live in :mod:`ncnc.triton_kernels.ops`. Import this
-module (``import triton_kernels`` does) before ``torch.export.load`` of a program that uses them.
+module (``import ncnc.triton_kernels`` does) before ``torch.export.load`` of a program that uses them.
 """
 
 from __future__ import annotations

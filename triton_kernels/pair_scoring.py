@@ -21,6 +21,7 @@ from torch import Tensor
 from ncnc.triton_kernels.common_neighbors import RaggedSet
 from ncnc.triton_kernels.completion import (
     Calibration,
+    InnerLogitCache,
     completed_common_neighbor_sum,
     completed_common_neighbors,
 )
@@ -81,6 +82,7 @@ def pair_logits(
     pairs: Tensor,
     *,
     drop_edges: Callable[[CSRGraph], CSRGraph] | None = None,
+    cache: InnerLogitCache | None = None,
     depth: int | None = None,
     level: int = 0,
 ) -> Tensor:
@@ -94,6 +96,8 @@ def pair_logits(
         levels: node tables (see the module docstring).
         drop_edges: applied to ``graph`` at every level before it is read (training's edge
             dropout, preedp; the reference drops afresh at each depth); None reads it as is.
+        cache: logits of this call's completion pairs kept across calls (the scorer's memo; the
+            same bits with or without it); deeper levels do not use it.
         depth, level: where in the recursion this call is (callers leave the defaults).
 
     Shapes:
@@ -115,6 +119,7 @@ def pair_logits(
     cn = completed_common_neighbor_sum(
         graph.indptr, graph.indices, x, pairs, inner_logits, rule.calibration, rule.cap,
         rule.seed, symmetric_inner=depth == 1,  # NCN is symmetric in (a, b)
+        cache=cache,
     )
     return head(cn, xij)
 

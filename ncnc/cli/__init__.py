@@ -29,6 +29,11 @@ from ncnc.core.errors import InputError
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
+# The rules of ncnc.trainer.inductive (listed here so that --help imports no training code).
+NEW_NODES = click.Choice(["mean", "zero", "error"])
+NEW_NODES_HELP = ("A node the checkpoint never saw, if the model has no node features, takes "
+                  "the mean of its known neighbours' learned rows (iterated outwards), a zero "
+                  "row, or is refused (error). Featured models embed it from its features.")
 
 
 EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM = 1, 128 + signal.SIGINT, 128 + signal.SIGTERM
@@ -129,7 +134,13 @@ def cli(verbose: bool) -> None:
               help="Parquet node features: a node column plus numeric columns or one list column.")
 @click.option("--config", "config_file", type=EXISTING_FILE,
               help="TOML file with [model] and [train] tables overriding the defaults.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Training epochs.")
+@click.option("--epochs", type=click.IntRange(min=1),
+              help="Most training epochs (default 100).")
+@click.option("--patience", type=click.IntRange(min=0),
+              help="Stop after N epochs without a better validation hits@100 (0: run all "
+                   "epochs; default 10 for --edges, 0 for --dataset).")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True),
+              help="Stop at the first epoch end past M minutes of training.")
 @click.option("--seed", type=int, help="Seed of the split, the initialisation and the sampling.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Positive edges per step.")
 @click.option("--hidden", type=click.IntRange(min=1), help="Hidden width of encoder and predictor.")
@@ -141,28 +152,84 @@ def cli(verbose: bool) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(model_kind: str, out: Path, dataset: str | None, data_root: Path | None,
           edges: Path | None, features: Path | None, config_file: Path | None,
-          epochs: int | None, seed: int | None, batch_size: int | None, hidden: int | None,
+          epochs: int | None, patience: int | None, max_minutes: float | None,
+          seed: int | None, batch_size: int | None, hidden: int | None,
           val_fraction: float | None, test_fraction: float | None, device: str,
           quiet: bool) -> None:
-    """Train a GAE, NCN or NCNC model and write a checkpoint directory."""
+    """Train a GAE, NCN or NCNC model and write a checkpoint directory.
+
+    The weights of the best validation epoch are kept, whatever stopped the run."""
     summary = ncnc.train(ncnc.TrainRequest(
         model=model_kind, out=out, dataset=dataset, data_root=data_root, edges=edges,
         features=features, config_file=config_file, device=device, progress=not quiet,
         model_overrides={"hidden": hidden},
-        train_overrides={"epochs": epochs, "seed": seed, "batch_size": batch_size,
+        train_overrides={"epochs": epochs, "patience": patience, "max_minutes": max_minutes,
+                         "seed": seed, "batch_size": batch_size,
                          "val_fraction": val_fraction, "test_fraction": test_fraction},
     ))
     click.echo(json.dumps(summary))
 
 
 @cli.command()
-@click.option("--checkpoint", type=EXISTING_DIR, required=True, help="Checkpoint directory.")
+@click.option("--model", "model_kind", type=click.Choice(["gae", "ncn", "ncnc"]), required=True,
+              help="Which predictor to tune.")
+@click.option("--edges", type=EXISTING_FILE, required=True,
+              help="Parquet edge list with columns src, dst.")
+@click.option("--features", type=EXISTING_FILE, help="Parquet node features, as for train.")
+@click.option("--config", "config_file", type=EXISTING_FILE,
+              help="TOML settings to start from (those not searched stay fixed).")
+@click.option("--trials", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Finished trials the study should hold (a resumed study runs the rest).")
+@click.option("--timeout", "timeout_minutes", type=click.FloatRange(min=0, min_open=True),
+              help="Minutes: start no trial after this, and cut the running one here.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Study folder: study.db, best.toml, report.json, history.png, "
+                   "importances.png.")
+@click.option("--resume", is_flag=True, help="Continue the study in --out.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the split, every trial's training and the sampler.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def tune(model_kind: str, edges: Path, features: Path | None, config_file: Path | None,
+         trials: int, timeout_minutes: float | None, out: Path, resume: bool, seed: int,
+         device: str, quiet: bool) -> None:
+    """Search hyperparameters on validation hits@100 (Optuna; needs ncnc-toolchain[tune]).
+
+    Writes best.toml for `ncnc train --config`; the test split is never scored."""
+    from ncnc.trainer.tuning import TuneRequest
+    from ncnc.trainer.tuning import tune as run_tune
+
+    report = run_tune(TuneRequest(
+        model=model_kind, edges=edges, out=out, features=features, config_file=config_file,
+        trials=trials, timeout_minutes=timeout_minutes, resume=resume, seed=seed,
+        device=device, progress=not quiet,
+    ))
+    click.echo(json.dumps({k: report[k] for k in ("best", "importances", "trials",
+                                                  "best_config", "plots")}))
+
+
+@cli.command()
+@click.option("--checkpoint", type=EXISTING_DIR, help="Checkpoint directory (scored on its "
+              "training graph).")
+@click.option("--bundle", type=EXISTING_DIR, help="Bundle directory (ncnc export), scored by the "
+              "scorer's engine on the bundle's graph; needs --pos and --neg.")
 @click.option("--pos", type=EXISTING_FILE, help="Parquet positive pairs (src, dst).")
 @click.option("--neg", type=EXISTING_FILE, help="Parquet negative pairs (src, dst).")
+@click.option("--new-nodes", type=NEW_NODES, default="mean", show_default=True,
+              help="With --checkpoint. " + NEW_NODES_HELP + " Pairs a featured model cannot "
+                   "embed are left out and counted in cold_start.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
-def evaluate(checkpoint: Path, pos: Path | None, neg: Path | None, device: str) -> None:
+def evaluate(checkpoint: Path | None, bundle: Path | None, pos: Path | None, neg: Path | None,
+             new_nodes: str, device: str) -> None:
     """Print hits@20/50/100, mrr, auc as one JSON object (default: the checkpoint's test split)."""
-    click.echo(json.dumps(ncnc.evaluate(checkpoint, pos, neg, device)))
+    if (checkpoint is None) == (bundle is None):
+        raise click.UsageError("give exactly one of --checkpoint or --bundle")
+    if bundle is not None:
+        if pos is None or neg is None:
+            raise click.UsageError("--bundle needs --pos and --neg")
+        click.echo(json.dumps(ncnc.evaluate_bundle(bundle, pos, neg, device=device)))
+        return
+    click.echo(json.dumps(ncnc.evaluate(checkpoint, pos, neg, device, new_nodes=new_nodes)))
 
 
 @cli.command()
@@ -170,11 +237,27 @@ def evaluate(checkpoint: Path, pos: Path | None, neg: Path | None, device: str) 
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Bundle directory to write (an earlier bundle there is replaced on success).")
 @click.option("--edges", type=EXISTING_FILE,
-              help="A newer graph snapshot (src, dst) in the checkpoint's id space.")
-def export(checkpoint: Path, out: Path, edges: Path | None) -> None:
+              help="Today's graph snapshot (src, dst): it defines the bundle's graph and ids; "
+                   "nodes new to the checkpoint are embedded, absent ones dropped.")
+@click.option("--features", type=EXISTING_FILE,
+              help="With --edges: today's node features (node + the training's feature "
+                   "columns), a row for every node of the snapshot.")
+@click.option("--nodes", type=EXISTING_FILE,
+              help="With --edges: Parquet column node listing today's nodes, those without "
+                   "edges included (they join the graph without edges).")
+@click.option("--new-nodes", type=NEW_NODES, default="mean", show_default=True,
+              help=NEW_NODES_HELP)
+@click.option("--sign-key", type=EXISTING_FILE, metavar="KEY",
+              help="Sign the bundle with this PEM elliptic-curve private key (P-256/384/521, no "
+                   "password), so that score --verify-key can refuse bundles you did not make "
+                   "(pip install 'ncnc-toolchain[sign]').")
+def export(checkpoint: Path, out: Path, edges: Path | None, features: Path | None,
+           nodes: Path | None, new_nodes: str, sign_key: Path | None) -> None:
     """Export a checkpoint into a validated, self-contained scoring bundle."""
-    manifest = ncnc.export(checkpoint, out, edges)
-    click.echo(json.dumps({"bundle": str(out), "parity": manifest["parity"]}))
+    manifest = ncnc.export(checkpoint, out, edges, features=features, nodes=nodes,
+                           new_nodes=new_nodes, sign_key=sign_key)
+    click.echo(json.dumps({"bundle": str(out), "snapshot": manifest["snapshot"],
+                           "parity": manifest["parity"]}))
 
 
 @cli.command(context_settings={"show_default": True})
@@ -196,6 +279,9 @@ def export(checkpoint: Path, out: Path, edges: Path | None) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=65536,
               help="Pairs read and scored at a time.")
 @click.option("--device", type=DEVICE, default="auto")
+@click.option("--memo-mib", type=click.FloatRange(min=0), default=256,
+              help="Memory for NCNC's memo of completion-pair logits across batches (the same "
+                   "scores, fewer head evaluations); 0 turns it off.")
 @click.option("--on-unknown", type=click.Choice(["error", "skip"]), default="error",
               help="What to do with ids that are not nodes of the graph.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
@@ -213,12 +299,15 @@ def export(checkpoint: Path, out: Path, edges: Path | None) -> None:
                    "$RAY_ADDRESS, else a local Ray.")
 @click.option("--num-workers", type=click.IntRange(min=1),
               help="With --engine ray: scoring actors (default one per GPU, else per CPU).")
+@click.option("--verify-key", type=EXISTING_FILE, metavar="PUB",
+              help="Refuse the bundle unless its signature (export --sign-key) verifies with "
+                   "this PEM public key (pip install 'ncnc-toolchain[sign]').")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out: Path,
           top_k: int | None, per_source: bool, explain: int | None, batch_size: int,
-          device: str, on_unknown: str, report: Path | None, resume: bool, resume_every: int,
-          engine: str,
-          ray_address: str | None, num_workers: int | None, quiet: bool) -> None:
+          device: str, memo_mib: float, on_unknown: str, report: Path | None, resume: bool,
+          resume_every: int, engine: str, ray_address: str | None, num_workers: int | None,
+          verify_key: Path | None, quiet: bool) -> None:
     """Score candidate pairs from Parquet into Parquet, streaming; print the report as JSON."""
     if per_source and top_k is None:
         raise click.UsageError("--per-source needs --top-k")
@@ -234,9 +323,11 @@ def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out
         from ncnc.scorer.ray_engine import RayOptions, score_files_ray
 
         result = score_files_ray(bundle, [*pairs, *more_pairs], out, device=device,
-                                 options=RayOptions(ray_address, num_workers), **options)
+                                 options=RayOptions(ray_address, num_workers),
+                                 verify_key=verify_key, **options)
     else:
-        scorer = ncnc.load_bundle(bundle).scorer(device=device)
+        scorer = ncnc.load_bundle(bundle, verify_key=verify_key).scorer(device=device,
+                                                                       memo_mib=memo_mib)
         result = scorer.score_parquet([*pairs, *more_pairs], out, resume=resume,
                                       resume_every=resume_every, **options)
     click.echo(json.dumps(result))
@@ -256,13 +347,17 @@ def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out
               help="Keep the N candidates with the most common neighbours per src.")
 @click.option("--common-neighbors/--no-common-neighbors", default=True, show_default=True,
               help="Write the common_neighbors count column.")
+@click.option("--verify-key", type=EXISTING_FILE, metavar="PUB",
+              help="Refuse the bundle unless its signature (export --sign-key) verifies with "
+                   "this PEM public key (pip install 'ncnc-toolchain[sign]').")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def candidates(bundle: Path, out: Path, nodes: Path | None, both_directions: bool,
-               max_per_node: int | None, common_neighbors: bool, quiet: bool) -> None:
+               max_per_node: int | None, common_neighbors: bool, verify_key: Path | None,
+               quiet: bool) -> None:
     """Write the non-adjacent node pairs two hops apart (the pairs worth scoring)."""
     click.echo(json.dumps(ncnc.candidates(
         bundle, out, nodes=nodes, both_directions=both_directions, max_per_node=max_per_node,
-        common_neighbors=common_neighbors, progress=not quiet,
+        common_neighbors=common_neighbors, progress=not quiet, verify_key=verify_key,
     )))
 
 def main() -> None:

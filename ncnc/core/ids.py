@@ -10,12 +10,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numba
 import numpy as np
 import polars as pl
 import torch
 
 from ncnc.core.errors import InputError, examples
+from ncnc.core.hashing import KeyTable
 from ncnc.core.tables import read_parquet_table
 
 
@@ -214,48 +214,8 @@ def _canonical(values: pl.Series, dtype: pl.DataType) -> tuple[pl.Series, np.nda
     return values.fill_null(0 if dtype == pl.Int64 else ""), valid
 
 
-@numba.njit(nogil=True, cache=True)
-def _mix(key: np.uint64) -> np.uint64:
-    # splitmix64's finaliser: spreads integer ids (often consecutive) over the slots.
-    key = (key ^ (key >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    key = (key ^ (key >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return key ^ (key >> np.uint64(31))
-
-
-@numba.njit(nogil=True, cache=True)
-def _build(keys: np.ndarray, slot_keys: np.ndarray, slot_index: np.ndarray) -> bool:
-    """Insert ``keys[i] -> i``; False when two keys are equal (a hash collision of two ids)."""
-    mask = np.uint64(slot_keys.size - 1)
-    for i in range(keys.size):
-        slot = _mix(keys[i]) & mask
-        while slot_index[slot] >= 0:
-            if slot_keys[slot] == keys[i]:
-                return False
-            slot = (slot + np.uint64(1)) & mask
-        slot_keys[slot] = keys[i]
-        slot_index[slot] = i
-    return True
-
-
-@numba.njit(nogil=True, cache=True)
-def _probe(slot_keys: np.ndarray, slot_index: np.ndarray, keys: np.ndarray,
-           valid: np.ndarray) -> np.ndarray:
-    mask = np.uint64(slot_keys.size - 1)
-    out = np.full(keys.size, -1, dtype=np.int64)
-    for i in range(keys.size):
-        if not valid[i]:
-            continue
-        slot = _mix(keys[i]) & mask
-        while slot_index[slot] >= 0:
-            if slot_keys[slot] == keys[i]:
-                out[i] = slot_index[slot]
-                break
-            slot = (slot + np.uint64(1)) & mask
-    return out
-
-
 class _HashIndex:
-    """Id -> index through an open-addressing table of 64-bit keys, built once per map.
+    """Id -> index through a :class:`~ncnc.core.hashing.KeyTable`, built once per map.
 
     Integer ids are their own keys (exact). String ids are keyed by polars' 64-bit hash, and a
     hit is confirmed by comparing the strings, so an unknown id whose hash collides with a node's
@@ -266,10 +226,9 @@ class _HashIndex:
     def __init__(self, ids: pl.Series) -> None:
         self.ids = ids
         self.strings = ids.dtype == pl.String
-        size = 1 << max(4, int(np.ceil(np.log2(1.5 * max(len(ids), 1)))))
-        self.slot_keys = np.zeros(size, dtype=np.uint64)
-        self.slot_index = np.full(size, -1, dtype=np.int64)
-        self.usable = _build(self._keys(ids), self.slot_keys, self.slot_index)
+        self.table = KeyTable(len(ids))
+        # Positions are insertion order, i.e. node indices; -2 marks a repeated key.
+        self.usable = bool((self.table.insert(self._keys(ids)) >= 0).all())
         self.sorted = bool(ids.is_sorted())
 
     def _keys(self, values: pl.Series) -> np.ndarray:
@@ -283,7 +242,7 @@ class _HashIndex:
             return np.full(values.len(), -1, dtype=np.int64)
         if not self.usable:
             return self._search(values, valid)
-        index = _probe(self.slot_keys, self.slot_index, self._keys(values), valid)
+        index = self.table.find(self._keys(values), valid)
         if self.strings:
             hit = index >= 0
             same = (self.ids.gather(np.where(hit, index, 0)) == values).to_numpy()
@@ -293,7 +252,8 @@ class _HashIndex:
     def _search(self, values: pl.Series, valid: np.ndarray) -> np.ndarray:
         ids = self.ids if self.sorted else self.ids.sort()
         order = None if self.sorted else self.ids.arg_sort().to_numpy()
-        position = ids.search_sorted(values).clip(upper_bound=len(ids) - 1).to_numpy()
+        position = ids.search_sorted(values).clip(upper_bound=len(ids) - 1).to_numpy().astype(
+            np.int64)
         found = valid & (ids.gather(position) == values).to_numpy()
         index = np.where(found, position if order is None else order[position], -1)
         return index.astype(np.int64)

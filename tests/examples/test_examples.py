@@ -137,13 +137,17 @@ def test_nightly_job_publishes_atomically_and_keeps_it_on_bad_input(own_graph, t
     _, graph_run = own_graph
     job = EXAMPLES / "nightly_job.sh"
     checkpoint, candidates = graph_run / "checkpoint", graph_run / "candidates.parquet"
+    features = graph_run / "sample" / "features.parquet"
     root = tmp_path / "published"
-    # Today's graph: yesterday's minus a tenth of its edges, in the same ids.
-    today = pl.read_parquet(graph_run / "sample" / "edges.parquet").gather_every(10, offset=1)
+    # Today's graph: yesterday's minus a tenth of its edges, in the same ids; today's features
+    # keep every node in the graph (those that lost all their edges too).
+    yesterday = pl.read_parquet(graph_run / "sample" / "edges.parquet")
+    today = yesterday.filter(pl.int_range(pl.len()) % 10 != 1)
     today_edges = tmp_path / "today_edges.parquet"
     today.write_parquet(today_edges)
 
-    done = run([job, checkpoint, today_edges, candidates, root], RUN_ID="day1")
+    done = run([job, checkpoint, today_edges, candidates, root], RUN_ID="day1",
+               FEATURES=str(features))
     assert done.returncode == 0, done.stderr
     assert os.readlink(root / "latest") == "day1"
     assert sorted(p.name for p in root.iterdir()) == [".work", "day1", "latest"]
@@ -151,6 +155,7 @@ def test_nightly_job_publishes_atomically_and_keeps_it_on_bad_input(own_graph, t
     manifest = json.loads((root / "latest" / "bundle" / "manifest.json").read_text())
     assert manifest["graph_source"] == str(today_edges)
     assert manifest["num_edges"] == today.height
+    assert (manifest["snapshot"]["new_nodes"], manifest["snapshot"]["removed_nodes"]) == (0, 0)
     recs = pl.read_parquet(root / "latest" / "recommendations.parquet")
     assert_ranked_per_source(recs, 20)
     report = json.loads((root / "latest" / "report.json").read_text())
@@ -161,7 +166,8 @@ def test_nightly_job_publishes_atomically_and_keeps_it_on_bad_input(own_graph, t
     again = run([job, checkpoint, today_edges, candidates, root], RUN_ID="day1")
     assert again.returncode == 0 and "already published" in again.stderr
 
-    # Day 2's graph names a node the model never saw: export refuses it, nothing is published.
+    # Day 2's graph names a node the model never saw, without its features: export refuses it,
+    # nothing is published.
     bad_edges = tmp_path / "bad_edges.parquet"
     pl.concat([today, pl.DataFrame({"src": ["stranger"], "dst": ["n0"]})]).write_parquet(bad_edges)
     bad = run([job, checkpoint, bad_edges, candidates, root], RUN_ID="day2")
@@ -170,3 +176,33 @@ def test_nightly_job_publishes_atomically_and_keeps_it_on_bad_input(own_graph, t
     assert os.readlink(root / "latest") == "day1"
     assert not (root / "day2").exists()
     assert (root / "latest" / "recommendations.parquet").read_bytes() == published
+
+
+def test_nightly_job_on_a_night_when_nodes_joined(own_graph, tmp_path):
+    _, graph_run = own_graph
+    yesterday = pl.read_parquet(graph_run / "sample" / "edges.parquet")
+    joined = pl.DataFrame({"src": ["newcomer1", "newcomer1", "newcomer2", "newcomer2"],
+                           "dst": ["n0", "n1", "newcomer1", "n5"]})
+    edges = tmp_path / "edges.parquet"
+    pl.concat([yesterday, joined]).write_parquet(edges)
+    features = pl.read_parquet(graph_run / "sample" / "features.parquet")
+    newcomers = features.filter(pl.col("node").is_in(["n0", "n5"])).with_columns(
+        node=pl.Series(["newcomer1", "newcomer2"]))
+    features_file = tmp_path / "features.parquet"
+    pl.concat([features, newcomers]).write_parquet(features_file)
+    root = tmp_path / "published"
+
+    done = run([EXAMPLES / "nightly_job.sh", graph_run / "checkpoint", edges, "-", root],
+               RUN_ID="day3", FEATURES=str(features_file))
+    assert done.returncode == 0, done.stderr
+    snapshot = json.loads(done.stdout.strip().splitlines()[0])["snapshot"]  # export's line
+    assert (snapshot["new_nodes"], snapshot["new_node_rule"]) == (2, "features")
+    manifest = json.loads((root / "latest" / "bundle" / "manifest.json").read_text())
+    assert manifest["snapshot"] == snapshot
+    recs = pl.read_parquet(root / "latest" / "recommendations.parquet")
+    assert_ranked_per_source(recs, 20)
+    # Today's candidates are listed from today's graph: the newcomers get recommendations, none
+    # of them a link they already have.
+    assert {"newcomer1", "newcomer2"} <= set(recs["src"])
+    assert not set(zip(recs["src"], recs["dst"])) & linked(edges)
+    assert (root / "day3" / "candidates.parquet").is_file()

@@ -77,13 +77,36 @@ def test_evaluate_given_pairs_in_the_original_id_space(checkpoint, graph_files, 
     assert (metrics["num_pos"], metrics["num_neg"], metrics["pairs"]) == (50, 30, "files")
 
 
-def test_evaluate_unknown_ids_is_a_user_error(checkpoint, tmp_path):
+def test_evaluate_counts_pairs_a_featured_model_cannot_embed_and_scores_the_rest(checkpoint,
+                                                                                   tmp_path):
+    # Regression: one pair touching a node the checkpoint never saw made evaluate exit 2.
     pos = tmp_path / "pos.parquet"
     pl.DataFrame({"src": ["n0", "nope"], "dst": ["n1", "n2"]}).write_parquet(pos)
     result = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(checkpoint),
                                       "--pos", str(pos), "--neg", str(pos)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert (metrics["num_pos"], metrics["num_neg"]) == (1, 1)
+    assert metrics["cold_start"] == {
+        "new_node_rule": "features", "new_nodes": 1, "pairs_touching_new_nodes": 2,
+        "pairs_touching_nodes_without_training_edges": 2, "pos_left_out": 1, "neg_left_out": 1}
+
+
+def test_evaluate_with_new_nodes_error_refuses_unknown_ids(checkpoint, tmp_path):
+    pos = tmp_path / "pos.parquet"
+    pl.DataFrame({"src": ["n0", "nope"], "dst": ["n1", "n2"]}).write_parquet(pos)
+    result = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(checkpoint), "--pos",
+                                      str(pos), "--neg", str(pos), "--new-nodes", "error"])
     assert result.exit_code == 2
     assert "nope" in result.output and "pos.parquet" in result.output
+
+
+@pytest.mark.parametrize("command", ["export", "evaluate"])
+def test_new_nodes_choices_are_the_trainers_rules(command):
+    from ncnc.trainer.inductive import DEFAULT_NEW_NODE_RULE, NEW_NODE_RULES
+
+    (option,) = [p for p in cli.commands[command].params if p.name == "new_nodes"]
+    assert tuple(option.type.choices) == NEW_NODE_RULES and option.default == DEFAULT_NEW_NODE_RULE
 
 
 def run_train(*args: str) -> object:

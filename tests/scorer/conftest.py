@@ -1,5 +1,6 @@
-"""Fixtures of the scorer tests: a fake scorer whose scores we control and pair files (the real
-bundle, ``bundle_dir``, is shared with tests/examples from tests/conftest.py)."""
+"""Fixtures of the scorer tests: a fake scorer whose scores we control, pair files, and variants
+of the real bundle (``bundle_dir``, shared with tests/examples from tests/conftest.py): signed,
+and with integer ids. Never modify a session fixture's folder: copy it."""
 
 from __future__ import annotations
 
@@ -58,3 +59,33 @@ def write_pairs(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def key_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """(private, public) PEM files of a P-256 key made for this session."""
+    pytest.importorskip("model_signing")
+    from tests.scorer.tampering import write_key_pair
+
+    return write_key_pair(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="session")
+def signed_bundle(bundle_dir, key_pair, tmp_path_factory) -> Path:
+    """``bundle_dir`` signed with ``key_pair``'s private key."""
+    from tests.scorer.tampering import sign_copy
+
+    return sign_copy(bundle_dir, tmp_path_factory.mktemp("signed") / "bundle", key_pair[0])
+
+
+@pytest.fixture(scope="session")
+def int_bundle(bundle_dir, tmp_path_factory) -> Path:
+    """``bundle_dir`` with integer ids: node index ``k`` has id ``1000 + k``."""
+    from ncnc.scorer.manifest import ID_MAP_FILE
+    from tests.scorer.tampering import copy_bundle, reseal
+
+    copy = copy_bundle(bundle_dir, tmp_path_factory.mktemp("int-ids") / "bundle")
+    count = pl.read_parquet(copy / ID_MAP_FILE).height
+    IdMap.from_ids(range(1000, 1000 + count)).save(copy / ID_MAP_FILE)
+    reseal(copy)
+    return copy

@@ -288,25 +288,22 @@ def test_cli_score_bad_input_exits_2_and_keeps_the_earlier_output(bundle_dir, bu
 
 
 def test_an_internal_failure_exits_1_with_a_traceback(bundle_dir, bundle_pairs, tmp_path):
-    """A bundle that passes its checks but whose head onnxruntime cannot load is not the user's
-    input error: exit 1, with the traceback for the bug report."""
-    import shutil
+    """A failure that is no fault of the input (here a scoring step that raises, standing in for a
+    bug) is not the user's input error: exit 1, with the traceback for the bug report. (A head
+    onnxruntime cannot load is a damaged bundle, exit 2: tests/scorer/test_bundle.py.)"""
     import subprocess
     import sys
 
-    from ncnc.scorer.bundle import sha256
-
-    bundle = tmp_path / "bundle"
-    shutil.copytree(bundle_dir, bundle)
-    (bundle / "head.onnx").write_bytes(b"not an onnx model")
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["files"]["head.onnx"]["sha256"] = sha256(bundle / "head.onnx")
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "scored.parquet"
+    crash = ("import sys, ncnc.scorer.engine as engine\n"
+             "def broken(*args, **kwargs):\n    raise RuntimeError('a bug')\n"
+             "engine.pair_logits = broken\n"
+             "from ncnc.cli import main\nsys.argv[0] = 'ncnc'\nmain()\n")
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("ncnc")), "score", "--bundle", str(bundle), "--pairs",
+        [sys.executable, "-c", crash, "score", "--bundle", str(bundle_dir), "--pairs",
          str(bundle_pairs[0]), "--out", str(out), "--quiet"], capture_output=True, text=True)
-    assert result.returncode == 1 and "Traceback" in result.stderr
+    assert result.returncode == 1 and "Traceback" in result.stderr, result.stderr
+    assert "RuntimeError: a bug" in result.stderr
     assert not out.exists()
 
 

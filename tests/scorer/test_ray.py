@@ -131,6 +131,21 @@ def test_bad_input_found_by_an_actor_is_the_local_one_line_error(ray_runtime, bu
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.parquet", "out.parquet"]
 
 
+def test_ray_with_verify_key_scores_the_verified_bundle(ray_runtime, signed_bundle, key_pair,
+                                                        pair_files, local_scorer, tmp_path):
+    # The driver verifies the signature; the actors (no key given to them) check the digest.
+    scorer, id_map = local_scorer
+    pairs = tmp_path / "pairs.parquet"
+    pl.read_parquet(pair_files[2]).head(3000).write_parquet(pairs)
+    score_files(scorer, id_map, [pairs], tmp_path / "local.parquet", progress=False)
+    score_files_ray(signed_bundle, [pairs], tmp_path / "ray.parquet", device="cpu",
+                    progress=False, options=RayOptions(num_workers=1), verify_key=key_pair[1])
+    assert_same_file(tmp_path / "ray.parquet", tmp_path / "local.parquet")
+    scored = ScoreBatches(signed_bundle, "cpu", verify_key=key_pair[1])(
+        pl.read_parquet(pairs).to_arrow())
+    assert pl.DataFrame(pl.from_arrow(scored)).equals(pl.read_parquet(tmp_path / "local.parquet"))
+
+
 @pytest.mark.parametrize("batch_format", ["pyarrow", "pandas"])
 def test_score_batches_scores_arrow_and_pandas_like_score_table(bundle_dir, pair_files,
                                                                 local_scorer, batch_format):

@@ -3,7 +3,11 @@
 import pytest
 
 from ncnc.core.errors import InputError
-from ncnc.trainer.config import resolve_config
+from ncnc.trainer.config import (
+    TrainConfig,
+    dump_toml,
+    resolve_config,
+)
 
 
 def test_precedence_preset_then_toml_then_flags(tmp_path):
@@ -38,3 +42,33 @@ def test_bad_toml_is_rejected_with_the_reason(tmp_path, text, message):
     toml.write_text(text)
     with pytest.raises(InputError, match=message):
         resolve_config("ncn", config_file=toml)
+
+
+def test_planetoid_presets_keep_the_fixed_epochs_and_edge_lists_stop_early():
+    for dataset in ("cora", "citeseer", "pubmed"):
+        cfg = resolve_config("ncnc", dataset=dataset)
+        assert (cfg.train.epochs, cfg.train.patience) == (100, 0)
+    edges = resolve_config("ncnc")
+    assert edges.train.patience == TrainConfig().patience == 10
+    assert resolve_config("ncnc", train_flags={"patience": 0}).train.patience == 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"patience": -1}, "patience must be 0"), ({"max_minutes": -0.5}, "max_minutes must be 0"),
+    ({"epochs": 0}, "epochs must be at least 1"),
+])
+def test_bad_stopping_settings_are_rejected(flags, message):
+    with pytest.raises(InputError, match=message):
+        resolve_config("ncn", train_flags=flags)
+
+
+def test_dump_toml_reads_back_as_the_same_settings(tmp_path):
+    graph = {"num_nodes": 50, "in_features": 3}
+    cfg = resolve_config("ncnc", dataset="citeseer",
+                         model_flags={**graph, "test_cap": 16, "probscale": 1e-05},
+                         train_flags={"select_metric": "mrr", "max_minutes": 2.5})
+    path = tmp_path / "best.toml"
+    path.write_text(dump_toml(cfg, header="tuned\nby a test"))
+    assert path.read_text().startswith("# tuned\n# by a test\n")
+    assert "num_nodes" not in path.read_text()  # taken from the graph at train time
+    assert resolve_config("ncnc", config_file=path, model_flags=graph) == cfg

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import NamedTuple
 
 import pytest
 import torch
 
+from ncnc.trainer import training
 from ncnc.trainer.config import RunConfig, resolve_config
 from ncnc.trainer.splits import EdgeSplit, random_edge_split
 from ncnc.trainer.synthetic import community_graph
-from ncnc.trainer.training import TrainingGraph, TrainingResult, train_model
+from ncnc.trainer.training import Stop, TrainingGraph, TrainingResult, train_model
 from ncnc.triton_kernels import build_csr
 
 
@@ -36,7 +38,8 @@ class SmallRun(NamedTuple):
     config: RunConfig
 
 
-def small_run(model: str, seed: int, features: bool, epochs: int = 2, **train_flags):
+def small_run(model: str, seed: int, features: bool, epochs: int = 2, test_fraction: float = 0.2,
+              **train_flags):
     graph = community_graph(300, avg_degree=6, num_communities=4,
                             feature_dim=8 if features else 0, seed=3)
     src = torch.tensor(graph.edges["src"].to_numpy())
@@ -49,7 +52,7 @@ def small_run(model: str, seed: int, features: bool, epochs: int = 2, **train_fl
                      "probscale": 1.0, "proboffset": 0.0},
         train_flags={"epochs": epochs, "batch_size": 64, "seed": seed, **train_flags},
     )
-    split = random_edge_split(edges, 300, 0.1, 0.2, torch.Generator().manual_seed(seed))
+    split = random_edge_split(edges, 300, 0.1, test_fraction, torch.Generator().manual_seed(seed))
     return SmallRun(train_model(cfg, x, split, torch.device("cpu"), progress=False), split, cfg)
 
 
@@ -91,3 +94,56 @@ def test_test_metrics_of_the_best_weights_equal_those_of_the_best_epoch(model):
     assert all(r.test is None for r in once.history)
     assert every.best_epoch == once.best_epoch
     assert once.best_test == every.best_test == every.history[every.best_epoch - 1].test
+
+
+def script_validation_hits(monkeypatch, values: list[float]) -> None:
+    """Make the k-th evaluation report ``values[k]`` as hits@100 (a run without a test split
+    evaluates only its validation split, once per epoch)."""
+    real = training.evaluate_split
+    calls = iter(values)
+
+    def scripted(*args, **kwargs):
+        return {**real(*args, **kwargs), "hits@100": next(calls)}
+
+    monkeypatch.setattr(training, "evaluate_split", scripted)
+
+
+def test_patience_stops_a_plateauing_run_and_keeps_the_best_epochs_weights(monkeypatch):
+    # Best at epoch 2; epoch 4 only ties it, so epochs 3, 4, 5 bring nothing: patience 3 stops
+    # after epoch 5, before the 0.9 of epoch 6.
+    script_validation_hits(monkeypatch, [0.2, 0.5, 0.4, 0.5, 0.3, 0.9, 0.9])
+    run = small_run("ncn", seed=4, features=True, epochs=7, test_fraction=0.0, patience=3).result
+    assert [r.epoch for r in run.history] == [1, 2, 3, 4, 5]
+    assert run.stopped == Stop(5, "patience") and run.history[-1].stopped == run.stopped
+    assert all(r.stopped is None for r in run.history[:-1])
+    assert run.best_epoch == 2 and run.best_valid["hits@100"] == 0.5
+    assert json.loads(run.history[-1].as_json())["stopped"] == {"epoch": 5, "reason": "patience"}
+    # Training is deterministic, so the weights after epoch 2 are those of a 2-epoch run.
+    script_validation_hits(monkeypatch, [0.2, 0.5])
+    two_epochs = small_run("ncn", seed=4, features=True, epochs=2, test_fraction=0.0,
+                           patience=0).result
+    assert two_epochs.stopped == Stop(2, "epochs")
+    for name, value in two_epochs.model.state_dict().items():
+        assert torch.equal(value, run.model.state_dict()[name]), name
+
+
+def test_max_minutes_stops_at_the_first_epoch_end_past_the_limit(monkeypatch):
+    now = [0.0]
+    real_epoch = training._train_epoch
+
+    def epoch_of_25_seconds(*args, **kwargs):
+        now[0] += 25.0
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_epoch", epoch_of_25_seconds)
+    graph = community_graph(120, avg_degree=6, num_communities=3, feature_dim=0, seed=1)
+    edges = torch.tensor(graph.edges.to_numpy())
+    cfg = resolve_config("ncn", model_flags={"num_nodes": 120, "hidden": 8},
+                         train_flags={"epochs": 10, "batch_size": 64, "patience": 0,
+                                      "max_minutes": 1.0})
+    split = random_edge_split(edges, 120, 0.1, 0.0, torch.Generator().manual_seed(0))
+    run = train_model(cfg, None, split, torch.device("cpu"), progress=False,
+                      clock=lambda: now[0])
+    # 25, 50, 75 s: epoch 3 runs to its end (limits are checked between epochs), then it stops.
+    assert run.stopped == Stop(3, "max_minutes") and len(run.history) == 3
+    assert run.best_epoch == max(run.history, key=lambda r: r.valid["hits@100"]).epoch
