@@ -8,6 +8,7 @@ Example::
     scored = scorer.score(pairs)              # polars, pandas or Arrow in; the same kind out
     ncnc.top_k(scored, 20, per_source=True)   # the 20 best of each src, with rank
     scorer.score_parquet(["candidates/"], "recs.parquet", top_k=20, per_source=True)
+    scorer.score(pairs, explain=3)            # plus because: the 3 neighbours behind each score
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ncnc.core.errors import InputError
 from ncnc.core.tables import as_polars, like
 from ncnc.scorer.bundle import Bundle
 from ncnc.scorer.engine import BatchScorer
+from ncnc.scorer.explain import refuse_unexplainable
 from ncnc.scorer.inputs import OnUnknown
 from ncnc.scorer.job import DEFAULT_BATCH_SIZE, DEFAULT_RESUME_EVERY, score_files, score_table
 from ncnc.scorer.ranking import RunningTopK
@@ -48,7 +50,8 @@ class Scorer:
     def device(self) -> torch.device:
         return self.engine.device
 
-    def score(self, table: Table, *, on_unknown: OnUnknown = "error") -> Table:
+    def score(self, table: Table, *, on_unknown: OnUnknown = "error",
+              explain: int | None = None) -> Table:
         """Score a table of pairs held in memory.
 
         Args:
@@ -57,21 +60,28 @@ class Scorer:
                 are kept.
             on_unknown: ``"error"`` refuses ids that are not nodes of the graph; ``"skip"``
                 drops those rows.
+            explain: also add ``because`` to every row: its ``explain`` common (NCNC: and
+                completed) neighbours of largest contribution, as structs ``{id, weight,
+                contribution}`` (definition and cost: :mod:`ncnc.scorer.explain`; each row costs
+                about one head evaluation per neighbour, so explain the rows you keep).
 
         Returns:
             The same kind of table: its rows in order, ``src``/``dst`` in the graph's id dtype,
-            plus ``score`` (the logit, float32) and ``prob`` (``sigmoid(score)``, float32).
+            plus ``score`` (the logit, float32), ``prob`` (``sigmoid(score)``, float32) and with
+            ``explain`` ``because``.
 
         Raises:
-            InputError: another kind of table, a missing column, nulls, ids of the other kind, or
-                (``on_unknown="error"``) an unknown id.
+            InputError: another kind of table, a missing column, nulls, ids of the other kind,
+                (``on_unknown="error"``) an unknown id, or ``explain`` with a GAE bundle.
 
         Shapes:
             ``[B]`` rows in, ``[B]`` rows out (fewer when unknown ids are skipped).
         """
         frame, kind = as_polars(table, what="pairs table")
+        if explain is not None:
+            refuse_unexplainable(self.bundle.spec.model)
         scored = score_table(self.engine, self.bundle.id_map, frame, what="pairs table",
-                             on_unknown=on_unknown)
+                             on_unknown=on_unknown, explain=explain)
         return like(scored, kind)  # type: ignore[return-value]
 
     def score_logits(self, pairs: torch.Tensor) -> torch.Tensor:
@@ -80,6 +90,7 @@ class Scorer:
 
     def score_parquet(self, pairs: Sequence[Path | str] | Path | str, out: Path | str, *,
                       top_k: int | None = None, per_source: bool = False,
+                      explain: int | None = None,
                       batch_size: int = DEFAULT_BATCH_SIZE, on_unknown: OnUnknown = "error",
                       report: Path | str | None = None, resume: bool = False,
                       resume_every: int = DEFAULT_RESUME_EVERY, progress: bool = True
@@ -95,9 +106,11 @@ class Scorer:
         """
         if isinstance(pairs, (str, Path)):
             pairs = [pairs]
+        if explain is not None:
+            refuse_unexplainable(self.bundle.spec.model)
         return score_files(
             self.engine, self.bundle.id_map, pairs, Path(out), top_k=top_k,
-            per_source=per_source, batch_size=batch_size, on_unknown=on_unknown,
+            per_source=per_source, explain=explain, batch_size=batch_size, on_unknown=on_unknown,
             progress=progress, resume=resume, resume_every=resume_every,
             report=Path(report) if report is not None else None,
             report_fields={"bundle": str(self.bundle.path), "device": str(self.device)},

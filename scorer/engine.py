@@ -21,6 +21,7 @@ from torch import Tensor
 from ncnc.core.device import resolve_device
 from ncnc.core.hashing import KeyTable
 from ncnc.scorer.bundle import Bundle, BundleError, ScoringSpec
+from ncnc.scorer.explain import Reasons, explain_pairs, refuse_unexplainable
 from ncnc.scorer.manifest import first_line
 from ncnc.triton_kernels.pair_scoring import pair_logits
 
@@ -220,3 +221,15 @@ class BatchScorer:
         logits = logits.float().cpu()  # waits for the device: the time below includes its work
         self.engine_seconds += time.perf_counter() - started
         return logits
+
+    @torch.no_grad()
+    def explain_pairs(self, pairs: Tensor, k: int) -> Reasons:
+        """The ``k`` best reasons (common and completed neighbours by contribution) of each of
+        ``[B, 2]`` node-index pairs, on the CPU; see :mod:`ncnc.scorer.explain`.
+
+        Raises:
+            InputError: the bundle's model is GAE (no common-neighbour term).
+        """
+        refuse_unexplainable(self.bundle.spec.model)
+        return explain_pairs(self.bundle.spec.rule, self.head, self.graph, self.levels,
+                             pairs.to(self.device, torch.int64), k)

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from ncnc.core.errors import InputError
 from ncnc.core.files import Publication, refuse_outputs_over_inputs
 from ncnc.core.ids import IdMap
+from ncnc.scorer.explain import check_explain, explain_rows
 from ncnc.scorer.inputs import (
     OnUnknown,
     PairBatch,
@@ -77,10 +78,14 @@ class FrameWriter(Protocol):
         ...
 
 
-def check_options(top_k: int | None, per_source: bool, batch_size: int) -> None:
+def check_options(top_k: int | None, per_source: bool, batch_size: int,
+                  explain: int | None = None) -> None:
     """Refuse options no engine can run (:class:`InputError` naming the flag)."""
     if per_source and top_k is None:
         raise InputError("--per-source needs --top-k")
+    if explain is not None and top_k is None:
+        raise InputError("--explain needs --top-k: only the rows a top K keeps are explained")
+    check_explain(explain)
     if top_k is not None and top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}")
     if batch_size < 1:
@@ -88,7 +93,7 @@ def check_options(top_k: int | None, per_source: bool, batch_size: int) -> None:
 
 
 def score_table(scorer: PairScorer, id_map: IdMap, frame: pl.DataFrame, *, what: str = "pairs",
-                on_unknown: OnUnknown = "error") -> pl.DataFrame:
+                on_unknown: OnUnknown = "error", explain: int | None = None) -> pl.DataFrame:
     """Score one in-memory polars frame of pairs given by original node ids.
 
     Args:
@@ -99,10 +104,13 @@ def score_table(scorer: PairScorer, id_map: IdMap, frame: pl.DataFrame, *, what:
         what: names the input in error messages, e.g. ``"pairs file x.parquet"``.
         on_unknown: ``"error"`` raises on ids that are not nodes of the graph; ``"skip"`` drops
             those rows (the caller counts them as ``frame rows - result rows``).
+        explain: also list the ``explain`` best reasons of every row (``because``; the scorer
+            must be a :class:`ncnc.scorer.explain.PairExplainer`).
 
     Returns:
         The rows of ``frame`` (in order; ``src``, ``dst`` cast to ``id_map``'s dtype) plus
-        ``score`` (logit, Float32) and ``prob`` (``sigmoid(score)``, Float32).
+        ``score`` (logit, Float32), ``prob`` (``sigmoid(score)``, Float32) and with ``explain``
+        ``because``.
 
     Raises:
         InputError: a column is missing or holds nulls or ids of the other kind, or (with
@@ -111,7 +119,11 @@ def score_table(scorer: PairScorer, id_map: IdMap, frame: pl.DataFrame, *, what:
     pairs, known = node_pairs(frame, id_map, what=what, on_unknown=on_unknown)
     if known is not None:
         frame = frame.filter(pl.Series(known))
-    return with_scores(frame, scorer.score_logits(torch.from_numpy(pairs)), id_map)
+    scored = with_scores(frame, scorer.score_logits(torch.from_numpy(pairs)), id_map)
+    if explain is None:
+        return scored
+    check_explain(explain)
+    return explain_rows(scorer, id_map, scored, explain)
 
 
 _DONE = object()  # the end of a pipeline stage's stream
@@ -202,13 +214,14 @@ class ScoringJob:
     def score(self, batches: Iterable[PairBatch], writer: FrameWriter
               ) -> tuple[int, int, pl.DataFrame | None]:
         """Score ``batches``: every row goes to ``writer``, or with a top K only the kept rows
-        are returned (columns :attr:`OutputSpec.kept_schema`). Reading and id mapping of the
-        next batch and writing (or ranking) of the previous one overlap with the scoring of
-        each batch (:func:`run_pipeline`); the order of rows is the input's.
+        are returned (columns :attr:`OutputSpec.kept_schema`; explained, with ``explain``, once
+        they are known). Reading and id mapping of the next batch and writing (or ranking) of
+        the previous one overlap with the scoring of each batch (:func:`run_pipeline`); the
+        order of rows is the input's.
 
         Returns (rows read, rows scored, kept rows or None).
         """
-        top = self.output.new_top()
+        top = self.output.new_top(self.output.scored_schema)
         id_map, per_source = self.output.id_map, self.output.per_source
         rows = {"read": 0, "scored": 0}
 
@@ -235,12 +248,18 @@ class ScoringJob:
 
         def kept_or_written(frame: pl.DataFrame) -> None:
             if top is not None:
-                top.push(frame.select(self.output.kept_schema.names()))
+                top.push(frame.select(self.output.scored_schema.names()))
             else:
                 writer.write(frame)
 
         run_pipeline(mapped(), scored, kept_or_written)
-        return rows["read"], rows["scored"], None if top is None else top.kept()
+        return rows["read"], rows["scored"], None if top is None else self.explained(top.kept())
+
+    def explained(self, kept: pl.DataFrame) -> pl.DataFrame:
+        """``kept`` plus ``because`` when the output explains (the scorer explains)."""
+        if self.output.explain is None:
+            return kept
+        return explain_rows(self.scorer, self.output.id_map, kept, self.output.explain)
 
 
 @dataclass(frozen=True)
@@ -294,7 +313,7 @@ def publish_job(inputs: PairInputs, out: Path, *, report: Path | None,
 
 
 def score_files(scorer: PairScorer, id_map: IdMap, pairs: Sequence[Path | str], out: Path, *,
-                top_k: int | None = None, per_source: bool = False,
+                top_k: int | None = None, per_source: bool = False, explain: int | None = None,
                 batch_size: int = DEFAULT_BATCH_SIZE, on_unknown: OnUnknown = "error",
                 progress: bool = True, resume: bool = False,
                 resume_every: int = DEFAULT_RESUME_EVERY, report: Path | None = None,
@@ -312,6 +331,10 @@ def score_files(scorer: PairScorer, id_map: IdMap, pairs: Sequence[Path | str], 
         top_k: keep only the ``top_k`` best pairs (with ``per_source``, of each ``src``) and add
             ``rank``; ``None`` writes every pair in input order.
         per_source: rank within each source node instead of globally (needs ``top_k``).
+        explain: add ``because``, the ``explain`` best reasons of each row written (needs
+            ``top_k``, and a scorer that is a :class:`ncnc.scorer.explain.PairExplainer`); see
+            :mod:`ncnc.scorer.explain`. Only kept rows are explained: with ``resume``, the kept
+            rows of each chunk.
         batch_size: rows read, scored and written at a time; memory grows with it.
         on_unknown: ``"error"`` or ``"skip"`` rows whose ids are not nodes of the graph.
         progress: show a progress bar (pairs/s) on stderr.
@@ -335,17 +358,18 @@ def score_files(scorer: PairScorer, id_map: IdMap, pairs: Sequence[Path | str], 
         InputError: bad paths, files, columns, nulls, id types or (with ``on_unknown="error"``)
             unknown ids, or an output that would write over an input. Nothing is written then.
     """
-    check_options(top_k, per_source, batch_size)
+    check_options(top_k, per_source, batch_size, explain)
     if resume_every < 1:
         raise InputError(f"--resume-every must be at least 1, got {resume_every}")
     out = Path(out)
     inputs = open_inputs(pairs, id_map)
-    job = ScoringJob(scorer, OutputSpec(id_map, top_k, per_source), on_unknown)
+    job = ScoringJob(scorer, OutputSpec(id_map, top_k, per_source, explain), on_unknown)
     fingerprint = None
     if resume:
         options = {**(job_key or {}), "top_k": top_k, "per_source": per_source,
                    "batch_size": batch_size, "on_unknown": on_unknown,
-                   "resume_every": resume_every, "schema": str(job.output.schema)}
+                   "resume_every": resume_every, "schema": str(job.output.schema),
+                   **({"explain": explain} if explain is not None else {})}
         fingerprint = job_fingerprint(inputs.files, options)
 
     def run(data: Path, bar: tqdm) -> JobCounts:
@@ -363,6 +387,8 @@ def score_files(scorer: PairScorer, id_map: IdMap, pairs: Sequence[Path | str], 
         # The engine's own figures (e.g. the memo's hit rate), when it keeps any.
         return dataclasses.replace(counts, fields=dict(getattr(scorer, "stats", {})))
 
+    if explain is not None:
+        report_fields = {**(report_fields or {}), "explain": explain}
     document = publish_job(inputs, out, report=report, report_fields=report_fields or {},
                            top_k=top_k, per_source=per_source, batch_size=batch_size,
                            progress=progress, reads=reads, run=run)

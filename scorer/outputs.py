@@ -1,8 +1,9 @@
 """The last room of a scoring job: scored rows, their ranking, the Parquet writer, the report.
 
 Output columns: ``src``, ``dst`` (original ids, in the graph's id dtype: Int64 or String),
-``score`` (the logit, Float32), ``prob`` (``sigmoid(score)``, Float32), and with a top K ``rank``
-(Int64, 1 = best). Without a top K, rows keep input order (files in the order given, folders and
+``score`` (the logit, Float32), ``prob`` (``sigmoid(score)``, Float32), with a top K ``rank``
+(Int64, 1 = best), and with ``explain`` ``because`` (the neighbours behind each score, see
+:mod:`ncnc.scorer.explain`). Without a top K, rows keep input order (files in the order given, folders and
 patterns sorted by name, rows in file order). With a top K the rows are sorted by rank (globally),
 or by source and rank (``per_source``); see :mod:`ncnc.scorer.ranking` for the tie rule: a higher
 score first, equal scores by input position, the earlier first.
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ncnc.core.ids import IdMap
+from ncnc.scorer.explain import BECAUSE, because_dtype
 from ncnc.scorer.inputs import PAIR_COLUMNS
 from ncnc.scorer.ranking import RANK, RunningTopK
 from ncnc.triton_kernels.completion import reproducible_sigmoid
@@ -38,12 +40,14 @@ GROUP = "src_index"  # a kept row's source node index: the group of a per-source
 SKIPPED_UNKNOWN = "unknown_id"  # reason key in the report's "skipped"
 
 
-def output_schema(id_map: IdMap, *, ranked: bool) -> pl.Schema:
+def output_schema(id_map: IdMap, *, ranked: bool, explained: bool = False) -> pl.Schema:
     """Columns and dtypes of the file a scoring job writes."""
     columns: dict[str, pl.DataType] = {"src": id_map.ids.dtype, "dst": id_map.ids.dtype,
                                        "score": pl.Float32(), "prob": pl.Float32()}
     if ranked:
         columns[RANK] = pl.Int64()
+    if explained:
+        columns[BECAUSE] = because_dtype(id_map)
     return pl.Schema(columns)
 
 
@@ -72,33 +76,50 @@ def with_scores(frame: pl.DataFrame, logits: torch.Tensor | np.ndarray, id_map: 
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """What a job writes: the columns, and which rows with a top K (every engine shares it)."""
+    """What a job writes: the columns, and which rows with a top K (every engine shares it).
+
+    ``explain``: list the ``explain`` best reasons of each kept row (needs ``top_k``).
+    """
 
     id_map: IdMap
     top_k: int | None = None
     per_source: bool = False
+    explain: int | None = None
 
     @property
     def schema(self) -> pl.Schema:
         """Columns of the output file."""
-        return output_schema(self.id_map, ranked=self.top_k is not None)
+        return output_schema(self.id_map, ranked=self.top_k is not None,
+                             explained=self.explain is not None)
 
     @property
-    def kept_schema(self) -> pl.Schema:
-        """Columns of the rows a top K keeps: the output's, with the input position for rank
-        (and, per source, the source's node index: the ranking's group number)."""
-        columns = {**{k: v for k, v in self.schema.items() if k != RANK}, ROW: pl.Int64()}
+    def scored_schema(self) -> pl.Schema:
+        """Columns of the scored rows a top K keeps: the output's but ``rank`` and ``because``,
+        with the input position for rank (and, per source, the source's node index: the
+        ranking's group number)."""
+        columns = {**{k: v for k, v in self.schema.items() if k not in (RANK, BECAUSE)},
+                   ROW: pl.Int64()}
         if self.per_source:
             columns[GROUP] = pl.Int64()
         return pl.Schema(columns)
 
-    def new_top(self) -> RunningTopK | None:
-        """An empty running top K of this output (None without a top K). Per source, the
-        groups are source node indices, so the output is sorted by source in id order."""
+    @property
+    def kept_schema(self) -> pl.Schema:
+        """Columns of the kept rows a job returns: :attr:`scored_schema`, plus ``because`` when
+        explaining (the rows are explained once the top K of a stream is known)."""
+        if self.explain is None:
+            return self.scored_schema
+        return pl.Schema({**self.scored_schema, BECAUSE: because_dtype(self.id_map)})
+
+    def new_top(self, schema: pl.Schema | None = None) -> RunningTopK | None:
+        """An empty running top K of rows of ``schema`` (default :attr:`kept_schema`; None
+        without a top K). Per source, the groups are source node indices, so the output is
+        sorted by source in id order."""
         if self.top_k is None:
             return None
         top = RunningTopK(self.top_k, by=GROUP if self.per_source else None)
-        top.push(pl.DataFrame(schema=self.kept_schema))  # the columns, even of an empty stream
+        # The columns, even of an empty stream.
+        top.push(pl.DataFrame(schema=self.kept_schema if schema is None else schema))
         return top
 
     def ranked(self, kept: pl.DataFrame, *, merged: bool = False) -> pl.DataFrame:

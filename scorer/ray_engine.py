@@ -42,7 +42,10 @@ file would read and write every row a second time; here each row is written once
 Top K. An actor returns only the kept rows of its partition's :class:`ncnc.scorer.ranking.RunningTopK`
 (at most K, or K per source, with their ``row`` position); the driver pushes them into one more
 RunningTopK, which gives the top K of all rows because the tie rule's key (score, position) is
-global. No shuffle and no sort of all scores.
+global. No shuffle and no sort of all scores. With ``--explain`` each actor explains its
+partition's kept rows (:meth:`ncnc.scorer.job.ScoringJob.score` does) and ``because`` travels with
+them: a pair's explanation does not depend on its partition, so the output is the local one; the
+explained rows are at most K (per source) of each partition, explained in parallel.
 
 Resources. With GPUs in the cluster (and ``--device`` not ``cpu``) each actor takes one
 (``num_gpus=1``) and scores on CUDA; otherwise each takes one CPU and runs one thread (torch,
@@ -69,6 +72,7 @@ from ncnc.core.ids import IdMap
 from ncnc.core.tables import as_polars
 from ncnc.scorer.bundle import BundleError, load_bundle
 from ncnc.scorer.engine import BatchScorer, OnnxHead
+from ncnc.scorer.explain import refuse_unexplainable
 from ncnc.scorer.inputs import OnUnknown, PairInputs, iter_pair_batches, open_inputs
 from ncnc.scorer.job import (
     DEFAULT_BATCH_SIZE,
@@ -202,6 +206,7 @@ class _PartitionJob:
     row_counts: tuple[int, ...]
     top_k: int | None
     per_source: bool
+    explain: int | None
     on_unknown: OnUnknown
     batch_size: int
     device: str
@@ -232,8 +237,8 @@ class _ScorePartitions:
         scorer, id_map = _load(spec.bundle, spec.device, spec.threads, checksum=spec.checksum)
         self.spec = spec
         self.files = [Path(f) for f in spec.files]
-        self.job = ScoringJob(scorer, OutputSpec(id_map, spec.top_k, spec.per_source),
-                              spec.on_unknown)
+        self.job = ScoringJob(scorer, OutputSpec(id_map, spec.top_k, spec.per_source,
+                                                 spec.explain), spec.on_unknown)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         (index,), (start,), (stop,) = batch[PART], batch["start"], batch["stop"]  # batch_size=1
@@ -310,6 +315,7 @@ def _results(ds: ray.data.Dataset, parts: Sequence[Partition], bar: tqdm
 
 def score_files_ray(bundle: Path | str, pairs: Sequence[Path | str], out: Path | str, *,
                     top_k: int | None = None, per_source: bool = False,
+                    explain: int | None = None,
                     batch_size: int = DEFAULT_BATCH_SIZE, on_unknown: OnUnknown = "error",
                     device: str = "auto", report: Path | str | None = None,
                     progress: bool = True, options: RayOptions = RayOptions(),
@@ -328,16 +334,18 @@ def score_files_ray(bundle: Path | str, pairs: Sequence[Path | str], out: Path |
     one the driver verified, so an actor scores the signed bytes or refuses.
     """
     ray = import_ray()
-    check_options(top_k, per_source, batch_size)
+    check_options(top_k, per_source, batch_size, explain)
     bundle = Path(bundle)
     # Every check an actor will make, once here: a bad bundle is one line from the driver, not an
     # actor's traceback. The arrays are not kept (the driver scores nothing).
     checked = load_bundle(bundle, huge_pages=False, verify_key=verify_key)
     checked.check_arrays()
     OnnxHead(checked.head_path, checked.spec, torch.device("cpu"), threads=1)
+    if explain is not None:
+        refuse_unexplainable(checked.spec.model)
     id_map = checked.id_map
     inputs = open_inputs(pairs, id_map)
-    output = OutputSpec(id_map, top_k, per_source)
+    output = OutputSpec(id_map, top_k, per_source, explain)
 
     def run(data: Path, bar: tqdm) -> JobCounts:
         with _ray_session(ray, options.address):
@@ -347,8 +355,8 @@ def score_files_ray(bundle: Path | str, pairs: Sequence[Path | str], out: Path |
             workers = max(1, min(workers, len(parts)))  # idle actors would each load the bundle
             spec = _PartitionJob(str(bundle.resolve()), checked.checksum,
                                  tuple(str(f.resolve()) for f in inputs.files),
-                                 tuple(inputs.row_counts), top_k, per_source, on_unknown,
-                                 batch_size, "cuda" if use_gpu else "cpu",
+                                 tuple(inputs.row_counts), top_k, per_source, explain,
+                                 on_unknown, batch_size, "cuda" if use_gpu else "cpu",
                                  None if use_gpu else 1)
             results = (_results(_dataset(ray, spec, parts, workers, use_gpu), parts, bar)
                        if parts else iter(()))
@@ -357,7 +365,9 @@ def score_files_ray(bundle: Path | str, pairs: Sequence[Path | str], out: Path |
                                                         "num_workers": workers})
 
     return publish_job(inputs, Path(out), report=Path(report) if report is not None else None,
-                       report_fields={"bundle": str(bundle)}, top_k=top_k,
+                       report_fields={"bundle": str(bundle),
+                                      **({"explain": explain} if explain is not None else {})},
+                       top_k=top_k,
                        per_source=per_source, batch_size=batch_size, progress=progress,
                        reads=checked.inputs, run=run)
 

@@ -91,6 +91,59 @@ class InnerLogitCache(Protocol):
         ...
 
 
+def completed_common_neighbors(
+    indptr: Tensor,
+    indices: Tensor,
+    x: Tensor,
+    pairs: Tensor,
+    inner_logits: Callable[[Tensor], Tensor],
+    calibration: Calibration,
+    cap: int = -1,
+    seed: int = 0,
+    symmetric_inner: bool = False,
+    cache: InnerLogitCache | None = None,
+) -> RaggedSet:
+    """The weighted members of each pair's completed common-neighbour set, the terms of ``cn~``.
+
+    Pair ``b`` owns, in this order, its common neighbours (weight 1), the kept members ``u`` of
+    ``N(i) \\ N(j)`` (weight ``p(j, u)``, times ``|S| / cap`` when capped) and those of
+    ``N(j) \\ N(i)`` (weight ``p(i, u)``, likewise). A capped draw that picks a member twice
+    lists it twice. :func:`completed_common_neighbor_sum` gathers exactly this set, and the
+    scorer's explanations list it, so scores and explanations share one definition.
+
+    Args:
+        x: ``[n, d]`` node table the completion pairs' inner model reads (for its device and
+            size; the members index it).
+        inner_logits: logits ``[P]`` of completion pairs ``[P, 2]``; each distinct pair is asked
+            once per call. Called under ``torch.no_grad``.
+        symmetric_inner: the inner score of ``(a, b)`` equals that of ``(b, a)`` (true for NCN), so
+            the two orders share one computation.
+        cache: completion pairs' logits from earlier calls; only the pairs it lacks are asked of
+            ``inner_logits``. A pair's logit does not depend on the batch it is scored in, so the
+            result is the same bits with or without it.
+
+    Shapes:
+        ``pairs`` ``[B, 2]``; returns offsets ``[B + 1]``, members ``[M]``, weights ``[M]`` float32
+        (not requiring grad).
+    """
+    split = neighbor_split(indptr, indices, pairs, cap, seed)
+    only_i, only_j = split.only_i, split.only_j
+    completion_pairs = torch.cat([
+        torch.stack([pairs[only_i.segment_ids(), 1], only_i.members], 1),
+        torch.stack([pairs[only_j.segment_ids(), 0], only_j.members], 1),
+    ])
+    with torch.no_grad():
+        probs = calibration(_distinct_logits(completion_pairs, inner_logits, symmetric_inner, x,
+                                             cache))
+    p_i, p_j = probs.split([only_i.members.numel(), only_j.members.numel()])
+    # One ragged set over the three parts: the gather then reads each pair's x rows in one pass.
+    return concat_ragged([
+        split.common,
+        RaggedSet(only_i.offsets, only_i.members, p_i * only_i.weights),
+        RaggedSet(only_j.offsets, only_j.members, p_j * only_j.weights),
+    ])
+
+
 def completed_common_neighbor_sum(
     indptr: Tensor,
     indices: Tensor,
@@ -103,33 +156,11 @@ def completed_common_neighbor_sum(
     symmetric_inner: bool = False,
     cache: InnerLogitCache | None = None,
 ) -> Tensor:
-    """``cn~`` of each pair, ``[B, d]``; differentiable in ``x`` (not through ``inner_logits``).
-
-    Args:
-        inner_logits: logits ``[P]`` of completion pairs ``[P, 2]``; each distinct pair is asked
-            once per call. Called under ``torch.no_grad``.
-        symmetric_inner: the inner score of ``(a, b)`` equals that of ``(b, a)`` (true for NCN), so
-            the two orders share one computation.
-        cache: completion pairs' logits from earlier calls; only the pairs it lacks are asked of
-            ``inner_logits``. A pair's logit does not depend on the batch it is scored in, so the
-            result is the same bits with or without it.
-    """
-    split = neighbor_split(indptr, indices, pairs, cap, seed)
-    only_i, only_j = split.only_i, split.only_j
-    completion_pairs = torch.cat([
-        torch.stack([pairs[only_i.segment_ids(), 1], only_i.members], 1),
-        torch.stack([pairs[only_j.segment_ids(), 0], only_j.members], 1),
-    ])
-    with torch.no_grad():
-        probs = calibration(_distinct_logits(completion_pairs, inner_logits, symmetric_inner, x,
-                                             cache))
-    p_i, p_j = probs.split([only_i.members.numel(), only_j.members.numel()])
-    # One gather over the three sets: each pair's x rows are read in one pass, into one output.
-    members = concat_ragged([
-        split.common,
-        RaggedSet(only_i.offsets, only_i.members, p_i * only_i.weights),
-        RaggedSet(only_j.offsets, only_j.members, p_j * only_j.weights),
-    ])
+    """``cn~`` of each pair, ``[B, d]``: the weighted sum of ``x`` over
+    :func:`completed_common_neighbors` (same arguments); differentiable in ``x`` (not through
+    ``inner_logits``)."""
+    members = completed_common_neighbors(indptr, indices, x, pairs, inner_logits, calibration,
+                                         cap, seed, symmetric_inner, cache)
     return weighted_gather_sum(members.offsets, members.members, members.weights, x)
 
 

@@ -18,13 +18,15 @@ from typing import Literal, Protocol
 
 from torch import Tensor
 
+from ncnc.triton_kernels.common_neighbors import RaggedSet
 from ncnc.triton_kernels.completion import (
     Calibration,
     InnerLogitCache,
     completed_common_neighbor_sum,
+    completed_common_neighbors,
 )
 from ncnc.triton_kernels.graph import CSRGraph
-from ncnc.triton_kernels.ops import common_neighbor_sum, endpoint_product
+from ncnc.triton_kernels.ops import common_neighbor_sum, endpoint_product, neighbor_split
 
 HeadFn = Callable[[Tensor | None, Tensor], Tensor]
 """``head(cn [B, d] or None for GAE, xij [B, d]) -> logits [B]``."""
@@ -113,13 +115,62 @@ def pair_logits(
         cn, _ = common_neighbor_sum(graph.indptr, graph.indices, x, pairs)
         return head(cn, xij)
 
-    def inner_logits(inner_pairs: Tensor) -> Tensor:
-        return pair_logits(rule, head, graph, levels, inner_pairs, drop_edges=drop_edges,
-                           depth=depth - 1, level=level + 1)
-
+    inner_logits = _inner_logits(rule, head, graph, levels, drop_edges, depth, level)
     cn = completed_common_neighbor_sum(
         graph.indptr, graph.indices, x, pairs, inner_logits, rule.calibration, rule.cap,
         rule.seed, symmetric_inner=depth == 1,  # NCN is symmetric in (a, b)
         cache=cache,
     )
     return head(cn, xij)
+
+
+def _inner_logits(rule: PairRule, head: HeadFn, graph: CSRGraph, levels: NodeLevels,
+                  drop_edges: Callable[[CSRGraph], CSRGraph] | None, depth: int, level: int
+                  ) -> Callable[[Tensor], Tensor]:
+    """The logits of a depth-``depth`` pair's completion pairs: one step down the recursion."""
+
+    def inner_logits(inner_pairs: Tensor) -> Tensor:
+        return pair_logits(rule, head, graph, levels, inner_pairs, drop_edges=drop_edges,
+                           depth=depth - 1, level=level + 1)
+
+    return inner_logits
+
+
+@dataclass(frozen=True)
+class CommonNeighborTerms:
+    """What the head of each target pair reads, with its common-neighbour sum left unsummed.
+
+    ``head(weighted_gather_sum(members, x), xij)`` is the pair's logit, as :func:`pair_logits`
+    computes it (for NCNC the very same gather; for NCN its fused ``common_neighbor_sum`` adds the
+    same rows in the same ascending order).
+
+    Attributes:
+        xij: ``[B, d]`` endpoint products ``h_i * h_j``.
+        x: ``[n, d]`` the node table the common-neighbour sum reads (``levels[1]``).
+        members: each pair's weighted members: NCN's common neighbours (weight 1); NCNC's
+            (:func:`~ncnc.triton_kernels.completion.completed_common_neighbors`) common and
+            completed neighbours.
+    """
+
+    xij: Tensor
+    x: Tensor
+    members: RaggedSet
+
+
+def common_neighbor_terms(rule: PairRule, head: HeadFn, graph: CSRGraph, levels: NodeLevels,
+                          pairs: Tensor) -> CommonNeighborTerms:
+    """The terms of the (completed) common-neighbour sum of ``pairs`` ``[B, 2]``, the evidence
+    behind their logits: NCN and NCNC only (GAE has no such sum: ``ValueError``). Scoring
+    settings: no edge dropout, the rule's depth, level 0."""
+    if rule.model == "gae":
+        raise ValueError("a GAE model has no common-neighbour term")
+    xij = endpoint_product(levels[0], pairs)
+    x = levels[1]
+    if rule.depth == 0:
+        members = neighbor_split(graph.indptr, graph.indices, pairs).common
+    else:
+        members = completed_common_neighbors(
+            graph.indptr, graph.indices, x, pairs,
+            _inner_logits(rule, head, graph, levels, None, rule.depth, 0), rule.calibration,
+            rule.cap, rule.seed, symmetric_inner=rule.depth == 1)
+    return CommonNeighborTerms(xij, x, members)

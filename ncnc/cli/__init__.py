@@ -267,10 +267,15 @@ def export(checkpoint: Path, out: Path, edges: Path | None, features: Path | Non
                    "glob patterns; several may follow one --pairs.")
 @click.argument("more_pairs", nargs=-1, metavar="")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Parquet file to write (src, dst, score, prob[, rank]); replaced on success.")
+              help="Parquet file to write (src, dst, score, prob[, rank][, because]); replaced on "
+                   "success.")
 @click.option("--top-k", type=click.IntRange(min=1),
               help="Keep only the K best pairs (ties: earlier input row first) and add rank.")
 @click.option("--per-source", is_flag=True, help="With --top-k: the K best of each src node.")
+@click.option("--explain", type=click.IntRange(min=1), metavar="N",
+              help="With --top-k: add column because, the N common (NCNC: and completed) "
+                   "neighbours behind each score as {id, weight, contribution}, the largest "
+                   "contribution (drop of the logit without it) first; NCN/NCNC bundles only.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=65536,
               help="Pairs read and scored at a time.")
 @click.option("--device", type=DEVICE, default="auto")
@@ -299,19 +304,20 @@ def export(checkpoint: Path, out: Path, edges: Path | None, features: Path | Non
                    "this PEM public key (pip install 'ncnc-toolchain[sign]').")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out: Path,
-          top_k: int | None, per_source: bool, batch_size: int, device: str, memo_mib: float,
-          on_unknown: str,
-          report: Path | None, resume: bool, resume_every: int, engine: str,
-          ray_address: str | None, num_workers: int | None, verify_key: Path | None,
-          quiet: bool) -> None:
+          top_k: int | None, per_source: bool, explain: int | None, batch_size: int,
+          device: str, memo_mib: float, on_unknown: str, report: Path | None, resume: bool,
+          resume_every: int, engine: str, ray_address: str | None, num_workers: int | None,
+          verify_key: Path | None, quiet: bool) -> None:
     """Score candidate pairs from Parquet into Parquet, streaming; print the report as JSON."""
     if per_source and top_k is None:
         raise click.UsageError("--per-source needs --top-k")
+    if explain is not None and top_k is None:
+        raise click.UsageError("--explain needs --top-k (only the rows a top K keeps are explained)")
     if engine == "local" and (ray_address is not None or num_workers is not None):
         raise click.UsageError("--ray-address and --num-workers need --engine ray")
     if engine == "ray" and resume:
         raise click.UsageError("--resume works with --engine local only")
-    options = dict(top_k=top_k, per_source=per_source, batch_size=batch_size,
+    options = dict(top_k=top_k, per_source=per_source, explain=explain, batch_size=batch_size,
                    on_unknown=on_unknown, report=report, progress=not quiet)
     if engine == "ray":
         from ncnc.scorer.ray_engine import RayOptions, score_files_ray

@@ -38,9 +38,10 @@ def linked(edges: Path) -> set[tuple[str, str]]:
     return {*zip(frame["src"], frame["dst"]), *zip(frame["dst"], frame["src"])}
 
 
-def assert_ranked_per_source(recs: pl.DataFrame, k: int) -> None:
+def assert_ranked_per_source(recs: pl.DataFrame, k: int, *, explained: bool = False) -> None:
     """Each src's rows together, at most k of them, ranked 1..n, scores not increasing."""
-    assert recs.columns == ["src", "dst", "score", "prob", "rank"]
+    assert recs.columns == ["src", "dst", "score", "prob", "rank"] + (["because"] if explained
+                                                                       else [])
     for _, group in recs.group_by("src", maintain_order=True):
         assert group["rank"].to_list() == list(range(1, min(group.height, k) + 1))
         assert group["score"].is_sorted(descending=True)
@@ -82,7 +83,7 @@ def test_own_graph_recommends_the_top_20_of_every_node(own_graph):
     recs = pl.read_parquet(out / "recommendations.parquet")
     candidates = pl.read_parquet(out / "candidates.parquet")
     assert recs.schema["src"] == pl.String and recs.height > 0
-    assert_ranked_per_source(recs, 20)
+    assert_ranked_per_source(recs, 20, explained=True)
     # Every node with candidates gets min(20, its candidates) recommendations, all candidates
     # and none of them an existing link.
     expected = candidates.group_by("src").len().with_columns(pl.col("len").clip(upper_bound=20))
@@ -94,7 +95,28 @@ def test_own_graph_recommends_the_top_20_of_every_node(own_graph):
     report = json.loads((out / "score_report.json").read_text())
     assert report["rows_scored"] == candidates.height
     assert report["rows_written"] == recs.height
-    assert (report["top_k"], report["per_source"]) == (20, True)
+    assert (report["top_k"], report["per_source"], report["explain"]) == (20, True, 3)
+
+
+def test_own_graph_prints_each_shown_recommendation_with_its_neighbours(own_graph):
+    done, out = own_graph
+    assert done.returncode == 0, done.stderr
+    recs = pl.read_parquet(out / "recommendations.parquet")
+    graph = linked(out / "sample" / "edges.parquet")
+    # Candidates are two hops apart, so every recommendation has a common neighbour, and every
+    # listed neighbour is linked to src or dst (NCNC lists completed ones too), best first.
+    assert recs["because"].list.len().min() >= 1 and recs["because"].list.len().max() <= 3
+    for row in recs.iter_rows(named=True):
+        reasons = row["because"]
+        assert all((row["src"], r["id"]) in graph or (row["dst"], r["id"]) in graph
+                   for r in reasons)
+        contributions = [r["contribution"] for r in reasons]
+        assert contributions == sorted(contributions, reverse=True)
+    shown = [line.strip() for line in done.stdout.splitlines() if " because " in line]
+    first = recs.row(0, named=True)
+    assert len(shown) == 9  # three users, three recommendations each
+    assert shown[0].startswith(f"1. {first['dst']}  prob {first['prob']:.2f}  because "
+                               f"{first['because'][0]['id']} (")
 
 
 def test_python_api_scores_an_in_memory_table(started):

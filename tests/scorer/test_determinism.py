@@ -101,3 +101,23 @@ def test_a_pair_scores_the_same_alone_and_in_any_batch(scorer, pairs):
     assert torch.equal(engine.score_logits(index[shuffled]), together[shuffled])
     alone = torch.cat([engine.score_logits(index[k:k + 1]) for k in range(1490, 1530)])
     assert torch.equal(alone, together[1490:1530])
+
+
+def test_explanations_are_bit_identical_alone_in_blocks_and_in_one_batch(scorer, pairs,
+                                                                        monkeypatch):
+    from ncnc.scorer import explain
+
+    bundle, engine = scorer
+    index = torch.stack([bundle.id_map.to_index(pairs[c], what=c) for c in ("src", "dst")], 1)
+    together = engine.explain_pairs(index, 3)
+    assert (together.offsets.diff() == 3).float().mean() > 0.4  # most pairs have 3+ reasons
+    monkeypatch.setattr(explain, "PAIR_BLOCK", 97)  # completion sets built 97 pairs at a time
+    monkeypatch.setattr(explain, "HEAD_ROWS", 113)  # and left-out sums headed 113 at a time
+    blocked = engine.explain_pairs(index, 3)
+    alone = [engine.explain_pairs(index[k:k + 1], 3) for k in range(1490, 1530)]
+    span = slice(int(together.offsets[1490]), int(together.offsets[1530]))
+    for name in ("nodes", "weights", "contributions"):
+        assert torch.equal(getattr(blocked, name), getattr(together, name)), name
+        assert torch.equal(torch.cat([getattr(r, name) for r in alone]),
+                           getattr(together, name)[span]), name
+    assert torch.equal(blocked.offsets, together.offsets)
