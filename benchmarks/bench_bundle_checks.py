@@ -41,7 +41,7 @@ def build(folder: Path, nodes: int, degree: int, hidden: int, seed: int) -> Path
     from ncnc.triton_kernels import build_csr
 
     rng = np.random.default_rng(seed)
-    edges = torch.from_numpy(rng.integers(0, nodes, (2, nodes * degree // 2)))
+    edges = torch.from_numpy(rng.integers(0, nodes, (nodes * degree // 2, 2)))
     graph = build_csr(edges, nodes)
     levels = [torch.from_numpy(rng.standard_normal((nodes, hidden), dtype=np.float32))
               for _ in range(3)]

@@ -73,7 +73,7 @@ def power_law_graph(nodes: int, edges: int, seed: int, index_dtype: torch.dtype)
     # Oversample a little: duplicates and self loops are dropped by build_csr.
     ends = torch.searchsorted(cdf, torch.rand(2, int(edges * 1.01), generator=g, dtype=torch.float64))
     ends = torch.randperm(nodes, generator=g)[ends.clamp_(max=nodes - 1)]
-    graph = build_csr(ends, nodes)
+    graph = build_csr(ends.t(), nodes)
     return CSRGraph(graph.indptr, graph.indices.to(index_dtype))
 
 

@@ -217,7 +217,7 @@ def run_adamic_adar(graph: FullGraph, holdout: Holdout, isolated: np.ndarray) ->
     from ncnc.trainer.metrics import link_metrics
     from ncnc.triton_kernels import build_csr, common_neighbor_sum
 
-    csr = build_csr(torch.from_numpy(holdout.snapshot_edges).t(), graph.num_nodes)
+    csr = build_csr(torch.from_numpy(holdout.snapshot_edges), graph.num_nodes)
     degree = csr.degree().double()
     weight = torch.where(degree > 1, 1.0 / degree.clamp(min=2).log(), 0.0).float().unsqueeze(1)
 

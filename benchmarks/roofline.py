@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.nodes, avg_degree=args.score_degree, num_communities=1000, feature_dim=0, seed=0
     )
     edges = synthetic.edges.to_numpy()
-    score_graph = build_csr(torch.from_numpy(np.ascontiguousarray(edges.T)), args.nodes)
+    score_graph = build_csr(torch.from_numpy(edges), args.nodes)
     score_graph = CSRGraph(score_graph.indptr, score_graph.indices.int())
     frame = PairSampler(edges, args.nodes).sample(args.sample, np.random.default_rng(0))
     score_pairs = torch.from_numpy(frame.to_numpy().copy())

@@ -198,14 +198,14 @@ def _inference_graph(ck: Checkpoint, edges: Path | None, features: Path | None,
     :func:`ncnc.trainer.inductive.snapshot_inputs`)."""
     if edges is None:
         known = torch.cat([ck.split.train, ck.split.valid])
-        graph = build_csr(known.t(), len(ck.id_map))
+        graph = build_csr(known, len(ck.id_map))
         snapshot = snapshot_inputs(ck, ck.id_map, graph, None, new_nodes,
                                    source="the checkpoint's graph")
         return graph, ck.id_map, snapshot
     if features is not None:  # before reading it: its rows do not matter to such a model
         check_features_fit(ck, features, f"features file {features}")
     today = load_edge_list(edges, features, nodes)
-    graph = build_csr(today.edges.t(), today.num_nodes)
+    graph = build_csr(today.edges, today.num_nodes)
     snapshot = snapshot_inputs(ck, today.id_map, graph, today.features, new_nodes,
                                source=f"edges file {edges}")
     return graph, today.id_map, snapshot
@@ -268,9 +268,9 @@ def _example_subgraph(graph: CSRGraph, levels: list[Tensor],
     keep = torch.cat([torch.tensor([hub]), neighbours[: nodes - 1]])
     relabel = torch.full((graph.num_nodes,), -1, dtype=torch.long)
     relabel[keep] = torch.arange(keep.numel())
-    edge_index = relabel[graph.edge_index()]
-    inside = (edge_index >= 0).all(0)
-    return build_csr(edge_index[:, inside], keep.numel()), [t[keep].clone() for t in levels]
+    entries = relabel[graph.edge_index().t()]
+    inside = (entries >= 0).all(1)
+    return build_csr(entries[inside], keep.numel()), [t[keep].clone() for t in levels]
 
 
 def _validation_pairs(graph: CSRGraph, count: int, seed: int) -> Tensor:

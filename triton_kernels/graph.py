@@ -40,26 +40,28 @@ class CSRGraph:
         return CSRGraph(self.indptr.to(device), self.indices.to(device))
 
     def edge_index(self) -> Tensor:
-        """``[2, nnz]`` int64 (row, col) of every stored entry, both directions included."""
+        """``[2, nnz]`` int64 (row, col) of every stored entry, both directions included: PyG's
+        layout, for its message-passing layers (ncnc's own edges and pairs are ``[E, 2]``)."""
         rows = torch.repeat_interleave(
             torch.arange(self.num_nodes, device=self.indptr.device), self.degree()
         )
         return torch.stack([rows, self.indices.long()])
 
 
-def build_csr(edge_index: Tensor, num_nodes: int) -> CSRGraph:
-    """Symmetrise ``edge_index`` ([2, E] int), drop self loops and duplicates, sort each row."""
-    if edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(f"edge_index must have shape [2, E], got {tuple(edge_index.shape)}")
-    src, dst = edge_index.long()
+def build_csr(edges: Tensor, num_nodes: int) -> CSRGraph:
+    """Symmetrise ``edges`` ([E, 2] int, one ``(src, dst)`` row per edge: the layout of every
+    edge and pair tensor in ncnc), drop self loops and duplicates, sort each row."""
+    if edges.dim() != 2 or edges.size(1) != 2:
+        raise ValueError(f"edges must have shape [E, 2], got {tuple(edges.shape)}")
+    src, dst = edges.long().unbind(1)
     if src.numel() and (min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= num_nodes):
-        raise ValueError(f"edge_index holds ids outside [0, {num_nodes})")
+        raise ValueError(f"edges hold ids outside [0, {num_nodes})")
     rows = torch.cat([src, dst])
     cols = torch.cat([dst, src])
     keep = rows != cols
     keys = torch.unique(rows[keep] * num_nodes + cols[keep])  # sorted: row-major, then column
     rows, cols = keys // num_nodes, keys % num_nodes
-    indptr = torch.zeros(num_nodes + 1, dtype=torch.long, device=edge_index.device)
+    indptr = torch.zeros(num_nodes + 1, dtype=torch.long, device=edges.device)
     indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=num_nodes), 0)
     return CSRGraph(indptr, cols)
 

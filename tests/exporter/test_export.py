@@ -76,7 +76,7 @@ def test_graph_refresh_uses_the_new_snapshot(checkpoints, graph_files, tmp_path)
     index = bundle.id_map.to_index(pl.Series(["n0", "n299"]), what="test")
     pairs = bundle.graph.edge_index().t().tolist()
     assert [int(index[0]), int(index[1])] in pairs
-    expected = build_csr(bundle.graph.edge_index(), bundle.num_nodes)
+    expected = build_csr(bundle.graph.edge_index().t(), bundle.num_nodes)
     assert torch.equal(bundle.graph.indices, expected.indices)
     assert bundle.graph.num_entries == 2 * edges.height + 2  # every snapshot edge, both ways
 
@@ -138,7 +138,7 @@ def test_export_sign_key_signs_the_bundle_it_wrote(checkpoints, tmp_path):
 
 def snapshot_graph(edges, features=None, nodes=None):
     graph = load_edge_list(edges, features, nodes)
-    return graph, build_csr(graph.edges.t(), graph.num_nodes)
+    return graph, build_csr(graph.edges, graph.num_nodes)
 
 
 def test_the_snapshot_defines_the_ids_and_the_graph(featured_night):
@@ -190,7 +190,7 @@ def test_snapshot_equal_to_the_training_graph_leaves_every_score_unchanged(check
                              features=graph_files[1])
     assert (manifest["snapshot"]["new_nodes"], manifest["snapshot"]["removed_nodes"]) == (0, 0)
     # What an export without --edges tabulates: the checkpoint's graph, ids and features.
-    graph = build_csr(known.t(), len(ck.id_map))
+    graph = build_csr(known, len(ck.id_map))
     after = load_bundle(tmp_path / "after")
     with torch.no_grad():
         levels = [ck.model.encoder(ck.features, graph)]

@@ -29,7 +29,7 @@ from ncnc.triton_kernels import build_csr
 #       3 - 4        3 touches only new nodes: round 2, mean of 2's and 4's rows
 #                    5 has no edge: no path to a known node, the mean of every learned row
 LEARNED = torch.tensor([[2.0, 0.0], [0.0, 2.0], [4.0, 4.0]])  # row 2: a node gone from the snapshot
-EDGES = torch.tensor([[0, 2], [1, 2], [2, 3], [1, 4], [3, 4]]).t()
+EDGES = torch.tensor([[0, 2], [1, 2], [2, 3], [1, 4], [3, 4]])
 INDEX = torch.tensor([0, 1, -1, -1, -1, -1])
 KNOWN = INDEX >= 0
 
@@ -60,7 +60,7 @@ def checkpoint(in_features: int, ids: list[str]) -> Checkpoint:
 
 
 def today(ids: list[str], edges: list[tuple[int, int]]):
-    return IdMap.from_ids(ids), build_csr(torch.tensor(edges).t(), len(ids))
+    return IdMap.from_ids(ids), build_csr(torch.tensor(edges), len(ids))
 
 
 def test_known_nodes_keep_their_features_and_removed_ones_are_counted():
@@ -69,7 +69,8 @@ def test_known_nodes_keep_their_features_and_removed_ones_are_counted():
     got = snapshot_inputs(ck, id_map, graph, None, "mean", source="snapshot")
     assert torch.equal(got.inputs, ck.features[[1, 3]])
     assert got.report == {"nodes": 2, "known_nodes": 2, "new_nodes": 0, "removed_nodes": 2,
-                          "new_nodes_without_edges": 0, "new_node_rule": "features"}
+                          "new_nodes_without_edges": 0, "new_nodes_given_the_global_mean": None,
+                          "new_node_rule": "features"}
 
 
 def test_featured_new_nodes_take_todays_features_which_may_change_known_ones():
@@ -97,7 +98,7 @@ def test_features_of_another_width_are_a_clear_error():
 
 def test_ids_of_the_other_kind_are_a_clear_error():
     ck = checkpoint(0, ["a", "b"])
-    id_map, graph = IdMap.from_ids([1, 2]), build_csr(torch.tensor([[0], [1]]), 2)
+    id_map, graph = IdMap.from_ids([1, 2]), build_csr(torch.tensor([[0, 1]]), 2)
     with pytest.raises(InputError, match="ids are integer but the checkpoint's are string"):
         snapshot_inputs(ck, id_map, graph, None, "mean", source="snapshot")
 
@@ -144,7 +145,7 @@ def test_pairs_with_unseen_ids_get_indices_after_the_known_ones(write_parquet):
 
 def test_featured_evaluation_leaves_out_and_counts_pairs_it_cannot_embed():
     ck = checkpoint(3, ["a", "b", "c"])
-    graph = build_csr(torch.tensor([[0], [1]]), 3)  # c has no training edge
+    graph = build_csr(torch.tensor([[0, 1]]), 3)  # c has no training edge
     pos, neg = torch.tensor([[0, 1], [0, 3], [2, 1]]), torch.tensor([[3, 4], [0, 2]])
     batch = evaluation_inputs(ck, graph, pos, neg, 2, "mean")
     assert batch.pos.tolist() == [[0, 1], [2, 1]] and batch.neg.tolist() == [[0, 2]]
@@ -156,7 +157,7 @@ def test_featured_evaluation_leaves_out_and_counts_pairs_it_cannot_embed():
 
 def test_featureless_evaluation_embeds_unseen_nodes_without_edges():
     ck = checkpoint(0, ["a", "b", "c"])
-    graph = build_csr(torch.tensor([[0], [1]]), 3)
+    graph = build_csr(torch.tensor([[0, 1]]), 3)
     pos, neg = torch.tensor([[0, 3]]), torch.tensor([[1, 2]])
     batch = evaluation_inputs(ck, graph, pos, neg, 1, "mean")
     assert batch.graph.num_nodes == 4 and batch.graph.degree()[3] == 0

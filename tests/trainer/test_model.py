@@ -16,7 +16,7 @@ from ncnc.triton_kernels import build_csr
 #   0 - 1 - 3 - 4        N(0) = {1, 2}      N(3) = {1, 2, 4}
 #    \  |  /             N(1) = {0, 2, 3}   N(4) = {3}
 #      2                 N(2) = {0, 1, 3}
-EDGES = torch.tensor([[0, 1], [0, 2], [1, 2], [1, 3], [2, 3], [3, 4]]).t()
+EDGES = torch.tensor([[0, 1], [0, 2], [1, 2], [1, 3], [2, 3], [3, 4]])
 D = 8
 
 
@@ -72,7 +72,7 @@ def test_ncn_sums_the_transformed_table_when_xlin_is_on(graph, h):
 def test_gae_ignores_the_graph(graph, h):
     pred = predictor("gae")
     pairs = torch.tensor([[0, 3], [0, 4]])
-    empty = build_csr(torch.zeros(2, 0, dtype=torch.long), 5)
+    empty = build_csr(torch.zeros(0, 2, dtype=torch.long), 5)
     torch.testing.assert_close(pred(h, graph, pairs), pred(h, empty, pairs))
     assert not hasattr(pred, "xcnlin")
 
@@ -149,7 +149,7 @@ def test_gcn_propagation_by_hand(graph):
     out = gcn_propagate(x, graph)
     degree = torch.tensor([2.0, 3, 3, 3, 1]) + 1
     adjacency = torch.zeros(5, 5)
-    adjacency[EDGES[0], EDGES[1]] = 1
+    adjacency[EDGES[:, 0], EDGES[:, 1]] = 1
     adjacency = adjacency + adjacency.t() + torch.eye(5)
     expected = adjacency / torch.sqrt(degree[:, None] * degree[None, :])
     torch.testing.assert_close(out, expected)

@@ -19,7 +19,7 @@ CALIBRATION = Calibration(probscale=2.0, proboffset=0.5, pt=0.75, alpha=0.9)
 
 
 def hand_graph() -> CSRGraph:
-    return build_csr(torch.tensor(EDGES).T, NUM_NODES)
+    return build_csr(torch.tensor(EDGES), NUM_NODES)
 
 
 def hand_levels(seed: int = 3) -> list[Tensor]:

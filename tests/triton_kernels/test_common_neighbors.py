@@ -103,7 +103,8 @@ HUB, HUB_PARTNER, HUB_DEGREE = 0, 1, 10_050
 
 def _random_graph(num_nodes: int = 200, num_edges: int = 1500, isolated: int = 12) -> CSRGraph:
     g = torch.Generator().manual_seed(0)
-    return build_csr(torch.randint(0, num_nodes - isolated, (2, num_edges), generator=g), num_nodes)
+    return build_csr(torch.randint(0, num_nodes - isolated, (2, num_edges), generator=g).t(),
+                     num_nodes)
 
 
 def _hub_graph() -> CSRGraph:
@@ -112,13 +113,13 @@ def _hub_graph() -> CSRGraph:
     hub = torch.stack([torch.zeros(HUB_DEGREE, dtype=torch.long), torch.arange(1, HUB_DEGREE + 1)])
     partner = torch.stack([torch.ones(599, dtype=torch.long), torch.arange(2, 601)])
     rest = torch.randint(2, 10_200, (2, 3000), generator=g)
-    return build_csr(torch.cat([hub, partner, rest], 1), 10_300)
+    return build_csr(torch.cat([hub, partner, rest], 1).t(), 10_300)
 
 
 GRAPHS = {
     "random": _random_graph(),
     "hub": _hub_graph(),
-    "empty": build_csr(torch.empty(2, 0, dtype=torch.long), 6),
+    "empty": build_csr(torch.empty(0, 2, dtype=torch.long), 6),
 }
 
 
@@ -409,7 +410,7 @@ def test_gradients_match_reference_autograd(device, graph_name):
 
 def test_gradcheck_cpu():
     g = torch.Generator().manual_seed(12)
-    graph = build_csr(torch.randint(0, 25, (2, 90), generator=g), 30)
+    graph = build_csr(torch.randint(0, 25, (2, 90), generator=g).t(), 30)
     pairs = torch.randint(0, 30, (20, 2), generator=g)
     x = _features(graph.num_nodes, 2, torch.float64).requires_grad_()
     torch.autograd.gradcheck(
@@ -448,8 +449,8 @@ def test_results_do_not_depend_on_pair_order_or_batch_size(device):
 
 def test_results_do_not_depend_on_edge_order():
     graph, pairs = GRAPHS["random"], _pairs("random")
-    edges = graph.edge_index()
-    shuffled = build_csr(edges[:, torch.randperm(edges.size(1))].flip(0), graph.num_nodes)
+    edges = graph.edge_index().t()
+    shuffled = build_csr(edges[torch.randperm(edges.size(0))].flip(1), graph.num_nodes)
     x = _features(graph.num_nodes, 8, torch.float32)
     a = tk.common_neighbor_sum(graph.indptr, graph.indices, x, pairs)
     b = tk.common_neighbor_sum(shuffled.indptr, shuffled.indices, x, pairs)
@@ -464,7 +465,7 @@ def test_results_do_not_depend_on_edge_order():
 
 
 def _small_csr() -> tuple[Tensor, Tensor]:
-    g = build_csr(torch.tensor([[0, 0, 1, 2], [1, 2, 2, 3]]), 5)
+    g = build_csr(torch.tensor([[0, 1], [0, 2], [1, 2], [2, 3]]), 5)
     return g.indptr.clone(), g.indices.clone()
 
 
@@ -796,7 +797,7 @@ def test_triton_launchers_refuse_cpu_tensors_without_the_interpreter():
 def test_cuda_larger_batch_matches_cpu_twin(dtype):
     g = torch.Generator().manual_seed(10)
     n = 5000
-    graph = build_csr(torch.randint(0, n, (2, 60_000), generator=g), n)
+    graph = build_csr(torch.randint(0, n, (2, 60_000), generator=g).t(), n)
     pairs = torch.randint(0, n, (4000, 2), generator=g)
     x = torch.randn(n, 256, generator=g).to(dtype)
     cpu = tk.common_neighbor_sum(graph.indptr, graph.indices, x, pairs)

@@ -18,7 +18,7 @@ from ncnc.triton_kernels.common_neighbors import (
 def graph_and_table(nodes: int, d: int, seed: int):
     generator = torch.Generator().manual_seed(seed)
     edges = torch.randint(0, nodes, (4 * nodes, 2), generator=generator)
-    graph = build_csr(edges.t(), nodes)
+    graph = build_csr(edges, nodes)
     x = torch.randn(nodes, d, generator=generator).to(torch.bfloat16)
     pairs = torch.randint(0, nodes, (257, 2), generator=generator)
     return graph, x, pairs
