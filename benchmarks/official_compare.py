@@ -324,12 +324,25 @@ def git_commit(folder: Path) -> str | None:
         return None
 
 
+def official_environment(args, log: list[str], env) -> tuple[dict | None, str | None]:
+    """The official venv's versions, or None and the exact reason it cannot run (the last line
+    of its error, e.g. a missing torch_sparse whose source build has not finished)."""
+    try:
+        out = run_logged([str(args.official_python), "-c", OFFICIAL_VERSIONS], log, env)
+    except (OSError, RuntimeError) as err:
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        return None, lines[-1] if lines else type(err).__name__
+    return json.loads(out.strip().splitlines()[-1]), None
+
+
 def load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def compare_model(args, model: str, data_root: Path, log: list[str], env) -> dict:
-    """Build the bundle, write the pairs, then the interleaved runs of both sides for ``model``."""
+def compare_model(args, model: str, data_root: Path, log: list[str], env,
+                  official_available: bool) -> dict:
+    """Build the bundle, write the pairs, then the interleaved runs of both sides for ``model``
+    (the ncnc side alone when ``official_available`` is false)."""
     import numpy as np
     import polars as pl
 
@@ -346,25 +359,27 @@ def compare_model(args, model: str, data_root: Path, log: list[str], env) -> dic
     run_ncnc(bundle, warm_file, workdir / "warmup.parquet", args.memo_mib[0], args.batch_size,
              log, env)
     for run in range(args.runs):
-        first = {"logits_out": str(logits_file)} if run == 0 else {}
-        official_runs.append({"load": load(), **run_official(
-            args, {**spec, **first}, spec_path, log, env)})
-        print(f"{model} official run {run + 1}: "
-              f"{official_runs[-1]['pairs_per_second']:,.0f} pairs/s", flush=True)
+        if official_available:
+            first = {"logits_out": str(logits_file)} if run == 0 else {}
+            official_runs.append({"load": load(), **run_official(
+                args, {**spec, **first}, spec_path, log, env)})
+            print(f"{model} official run {run + 1}: "
+                  f"{official_runs[-1]['pairs_per_second']:,.0f} pairs/s", flush=True)
         for memo in args.memo_mib:
             out = workdir / f"scores_{model}_memo{memo:g}.parquet"
             report = run_ncnc(bundle, pairs_file, out, memo, args.batch_size, log, env)
             ncnc_runs[memo].append({"load": load(), **report})
             print(f"{model} ncnc score (memo {memo:g} MiB) run {run + 1}: "
                   f"{report['pairs_per_second']:,.0f} pairs/s", flush=True)
-    official_logits = np.load(logits_file)
-    best_official = max(r["pairs_per_second"] for r in official_runs)
+    official_logits = np.load(logits_file) if official_available else None
+    best_official = max((r["pairs_per_second"] for r in official_runs), default=None)
     row = {
         "pairs": args.pairs,
         "official_predictor": OFFICIAL_PREDICTORS[model],
-        "official_pairs_per_s": round(best_official),
+        "official_pairs_per_s": round(best_official) if best_official else None,
         "official_runs_pairs_per_s": [round(r["pairs_per_second"]) for r in official_runs],
-        "official_encoder_seconds": round(official_runs[0]["encoder_seconds"], 3),
+        "official_encoder_seconds": (round(official_runs[0]["encoder_seconds"], 3)
+                                     if official_runs else None),
         "official_batch_size": OFFICIAL_TESTBS,
         "ncnc_batch_size": args.batch_size,
         "load_at_runs": {"official": [r["load"] for r in official_runs],
@@ -379,15 +394,22 @@ def compare_model(args, model: str, data_root: Path, log: list[str], env) -> dic
         row[key] = {
             "pairs_per_s": round(best["pairs_per_second"]),
             "runs_pairs_per_s": [round(r["pairs_per_second"]) for r in runs],
-            "ratio_vs_official": round(best["pairs_per_second"] / best_official, 2),
+            "ratio_vs_official": (round(best["pairs_per_second"] / best_official, 2)
+                                  if best_official else None),
             "seconds": best["seconds"], "process_seconds": round(best["process_seconds"], 2),
             "peak_rss_mib": best["peak_rss_mib"],
             "memo_hit_rate": best.get("memo_hit_rate"),
-            "max_abs_logit_diff": float(np.abs(scores.to_numpy() - official_logits).max()),
+            "max_abs_logit_diff": (float(np.abs(scores.to_numpy() - official_logits).max())
+                                   if official_logits is not None else None),
         }
-        print(f"{model}: official {best_official:,.0f} pairs/s, ncnc score (memo {memo:g} MiB) "
-              f"{best['pairs_per_second']:,.0f} pairs/s = {row[key]['ratio_vs_official']}x; "
-              f"max |logit diff| {row[key]['max_abs_logit_diff']:.2e}", flush=True)
+        if best_official:
+            print(f"{model}: official {best_official:,.0f} pairs/s, ncnc score (memo {memo:g} "
+                  f"MiB) {best['pairs_per_second']:,.0f} pairs/s = "
+                  f"{row[key]['ratio_vs_official']}x; "
+                  f"max |logit diff| {row[key]['max_abs_logit_diff']:.2e}", flush=True)
+        else:
+            print(f"{model}: ncnc score (memo {memo:g} MiB) {best['pairs_per_second']:,.0f} "
+                  f"pairs/s; no official figure (its side did not run)", flush=True)
     return row
 
 
@@ -409,6 +431,9 @@ def main() -> None:
     parser.add_argument("--memo-mib", type=float, nargs="+", default=[256.0],
                         help="ncnc score --memo-mib values, each measured (0: no memo)")
     parser.add_argument("--batch-size", type=int, default=65_536, help="ncnc score --batch-size")
+    parser.add_argument("--official-optional", action="store_true",
+                        help="if the official venv cannot import its dependencies, measure the "
+                             "ncnc side alone and record the reason (default: exit)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random pairs")
     parser.add_argument("--planetoid", type=Path,
@@ -425,14 +450,17 @@ def main() -> None:
     load_before = load()
     env = thread_env(args.threads)
     log: list[str] = []
-    official_versions = json.loads(run_logged(
-        [str(args.official_python), "-c", OFFICIAL_VERSIONS], log, env).strip().splitlines()[-1])
+    official_versions, official_error = official_environment(args, log, env)
+    if official_error and not args.official_optional:
+        sys.exit(f"error: the official side cannot run: {official_error} (--official-optional "
+                 f"measures the ncnc side alone and records this reason)")
     args.workdir.mkdir(parents=True, exist_ok=True)
     data_root = args.workdir / "planetoid"
     shutil.copytree(args.planetoid / "Cora" / "raw", data_root / "Cora" / "raw",
                     dirs_exist_ok=True)
     started = time.perf_counter()
-    models = {model: compare_model(args, model, data_root, log, env) for model in args.models}
+    models = {model: compare_model(args, model, data_root, log, env, not official_error)
+              for model in args.models}
     results = {
         "benchmark": "scoring throughput: ncnc score (Parquet to Parquet) vs the official "
                      "GraphPKU/NeuralCommonNeighbor predictor forward (in memory), Cora",
@@ -443,6 +471,7 @@ def main() -> None:
         "machine": machine(),
         "load_average_before": load_before, "load_average_after": load(),
         "seconds": round(time.perf_counter() - started, 1),
+        "official_side_error": official_error,
         "versions": {"ncnc_side": ncnc_versions(), "official_side": official_versions,
                      "ncnc_commit": git_commit(ROOT),
                      "official_commit": git_commit(args.official_code)},
