@@ -446,6 +446,9 @@ def main() -> None:
     if not (args.official_code / "model.py").is_file():
         sys.exit(f"error: {args.official_code}/model.py not found (--official-code: a checkout "
                  f"of GraphPKU/NeuralCommonNeighbor)")
+    if not (args.planetoid / "Cora" / "raw").is_dir():
+        sys.exit(f"error: {args.planetoid}/Cora/raw not found (--planetoid: the folder with "
+                 f"Cora/raw, e.g. /work/shared/data/planetoid)")
 
     load_before = load()
     env = thread_env(args.threads)
