@@ -19,13 +19,14 @@ vendored here):
     git clone https://github.com/GraphPKU/NeuralCommonNeighbor /work/official   # 11d5970 measured
     python3 -m venv /work/official-venv
     /work/official-venv/bin/pip install torch==2.13.0          # the CPU build
-    /work/official-venv/bin/pip install torch-geometric setuptools wheel
-    # no wheels for this torch on PyPI: a source build, about 16 minutes on 2 cores
+    /work/official-venv/bin/pip install torch-geometric ogb setuptools wheel
+    # no wheels for this torch on PyPI: a source build of 30 C++ files, about 16 minutes on
+    # 2 idle cores, hours on a loaded machine (docs/official-compare.md)
     MAX_JOBS=2 nice -n 10 /work/official-venv/bin/pip install --no-build-isolation \
         torch-scatter torch-sparse
     make install                                               # ncnc's own .venv
     .venv/bin/python benchmarks/official_compare.py --official-code /work/official \
-        --official-python /work/official-venv/bin/python
+        --official-python /work/official-venv/bin/python --planetoid /work/shared/data/planetoid
 
 Two processes, two virtual environments: this script runs in ncnc's venv and starts the official
 side as ``OFFICIAL_PYTHON benchmarks/official_compare.py --official-side SPEC.json``, a
@@ -50,8 +51,12 @@ What is fixed so that the two sides do the same work:
   then its report's ``seconds``, which leave out the process start and the bundle load, are
   used); ``--runs`` runs of each side, interleaved (official, ncnc, official, ncnc), the best kept.
 
-The machine is shared: the load average is recorded before, after and at every run, and the
-ratio measured side by side is the figure to read, not the absolute pairs/s.
+The machine is shared: the load average is recorded before, after and at every run (at the
+start of each official run, at the end of each ``ncnc score`` run), and the ratio measured side
+by side is the figure to read, not the absolute pairs/s. If the official venv cannot import its
+dependencies (torch-scatter / torch-sparse still building, say), the script stops with that exact
+error; ``--official-optional`` measures the ncnc side alone and records it as
+``official_side_error``. Recipe and measured tables: docs/official-compare.md.
 
     .venv/bin/python benchmarks/official_compare.py --official-code /work/official \
         --official-python /work/official-venv/bin/python [--pairs 2000000] [--models ncn ncnc] \
