@@ -86,7 +86,9 @@ WARMUP_BATCHES = 4
 RENAMED = {"encoder.input.1.weight": "xemb.1.weight", "encoder.input.1.bias": "xemb.1.bias",
            "encoder.jk": "jkparams", "predictor.beta": "beta"}
 PREDICTOR_MLPS = ("xlin", "xcnlin", "xijlin", "lin")
-FROM_FLAGS = {"alpha", "pt", "scale", "offset"}  # incn1cn1's calibration buffers: set from flags
+# Buffers the official constructors set from the flags: incn1cn1's calibration and DropAdj's
+# 1 / (1 - edge dropout) in the GNN and the predictor (edge dropout is off in eval anyway).
+FROM_FLAGS = {"alpha", "pt", "scale", "offset", "adjdrop.ratio", "dropadj.ratio"}
 UNUSED_PREFIX = "ptlin."  # incn1cn1's learnable-pt MLP, used only with --learnpt (not on Cora)
 
 
@@ -128,9 +130,9 @@ def official_weights(ncnc_state: dict, gnn, predictor) -> tuple[dict, dict]:
                     raise ValueError(f"{name}: official {tuple(official[name].shape)}, "
                                      f"ncnc {tuple(tensor.shape)}")
                 pred_state[name] = tensor
-    missing = set(gnn.state_dict()) - set(gnn_state)
-    missing |= {k for k in set(official) - set(pred_state) if k not in FROM_FLAGS
-                and not k.startswith(UNUSED_PREFIX)}
+    missing = set(gnn.state_dict()) - set(gnn_state) - FROM_FLAGS
+    missing |= {k for k in set(official) - set(pred_state) - FROM_FLAGS
+                if not k.startswith(UNUSED_PREFIX)}
     if missing:
         raise ValueError(f"official tensors without an ncnc counterpart: {sorted(missing)}")
     return gnn_state, pred_state
@@ -179,7 +181,7 @@ def official_side(spec_path: Path) -> None:
     ncnc_state = {k[len("w:"):]: torch.from_numpy(arrays[k]) for k in arrays.files
                   if k.startswith("w:")}
     gnn_state, pred_state = official_weights(ncnc_state, gnn, predictor)
-    gnn.load_state_dict(gnn_state)
+    gnn.load_state_dict(gnn_state, strict=False)  # FROM_FLAGS stay (official_weights checks)
     predictor.load_state_dict(pred_state, strict=False)  # FROM_FLAGS and UNUSED_PREFIX stay
     gnn.eval()
     predictor.eval()
