@@ -194,7 +194,7 @@ def official_side(spec_path: Path) -> None:
             predictor(h, adj, batch.t())
         started = time.perf_counter()
         # test() in NeighborOverlap.py: PermIterator(training=False) over the pairs, testbs each
-        chunks = [predictor(h, adj, pairs[perm].t()).squeeze().cpu()
+        chunks = [predictor(h, adj, pairs[perm].t()).view(-1).cpu()
                   for perm in PermIterator(pairs.device, pairs.size(0), OFFICIAL_TESTBS, False)]
         seconds = time.perf_counter() - started
     logits = torch.cat(chunks)
