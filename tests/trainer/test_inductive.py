@@ -69,7 +69,8 @@ def test_known_nodes_keep_their_features_and_removed_ones_are_counted():
     got = snapshot_inputs(ck, id_map, graph, None, "mean", source="snapshot")
     assert torch.equal(got.inputs, ck.features[[1, 3]])
     assert got.report == {"nodes": 2, "known_nodes": 2, "new_nodes": 0, "removed_nodes": 2,
-                          "new_nodes_without_edges": 0, "new_node_rule": "features"}
+                          "new_nodes_without_edges": 0, "new_node_rule": "features",
+                          "new_nodes_given_the_global_mean": None}  # a "mean" rule figure
 
 
 def test_featured_new_nodes_take_todays_features_which_may_change_known_ones():
