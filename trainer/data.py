@@ -331,10 +331,11 @@ def warn_overlapping_pairs(pos: torch.Tensor, neg: torch.Tensor, id_map: IdMap,
     pos_keys = keys(pos)
     shared = np.isin(pos_keys, keys(neg))
     count = int(shared.sum())
-    if count:
-        distinct = np.unique(pos_keys[shared])[:EXAMPLES + 1]
-        src = id_map.to_original(torch.from_numpy(distinct // n)).to_list()
-        dst = id_map.to_original(torch.from_numpy(distinct % n)).to_list()
+    if count:  # examples as the positives file spells them, in its order
+        _, first = np.unique(pos_keys[shared], return_index=True)
+        rows = pos[torch.from_numpy(np.flatnonzero(shared)[np.sort(first)][:EXAMPLES + 1])]
+        src = id_map.to_original(rows[:, 0]).to_list()
+        dst = id_map.to_original(rows[:, 1]).to_list()
         logger.warning(
             "pairs files %s and %s: %d positive pair(s) are also negatives (the same unordered "
             "pair in both): %s; each counts as both, which lowers every metric",

@@ -345,7 +345,7 @@ def test_overlapping_pairs_warn_once_with_the_count_and_examples(write_parquet, 
     assert warn_overlapping_pairs(pos, neg, graph.id_map, Path("p"), Path("n")) == 3
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["pairs files p and n: 3 positive pair(s) are also negatives (the same "
-                        "unordered pair in both): ('a', 'b'), ('b', 'c'); each counts as both, "
+                        "unordered pair in both): ('a', 'b'), ('c', 'b'); each counts as both, "
                         "which lowers every metric"]
     caplog.clear()
     assert warn_overlapping_pairs(pos[2:3], neg, graph.id_map, Path("p"), Path("n")) == 0
