@@ -16,8 +16,8 @@ import torch
 
 from ncnc.scorer.bundle import load_bundle
 from ncnc.scorer.engine import BatchScorer
-from ncnc.trainer.data import read_pairs
-from ncnc.trainer.metrics import link_metrics
+from ncnc.trainer.data import read_pairs, warn_overlapping_pairs
+from ncnc.trainer.metrics import check_finite_scores, link_metrics
 
 BATCH_SIZE = 65_536
 
@@ -45,10 +45,12 @@ def evaluate_bundle(bundle: Path | str, pos: Path | str, neg: Path | str, *,
     """
     loaded = load_bundle(bundle)
     engine = BatchScorer(loaded, device)
+    pairs = [read_pairs(Path(path), loaded.id_map) for path in (pos, neg)]
+    warn_overlapping_pairs(*pairs, loaded.id_map, Path(pos), Path(neg))
     scores = []
-    for path in (pos, neg):
-        pairs = read_pairs(Path(path), loaded.id_map)
-        chunks = [engine.score_logits(p) for p in pairs.split(BATCH_SIZE)]
+    for path, side in zip((pos, neg), pairs, strict=True):
+        chunks = [engine.score_logits(p) for p in side.split(BATCH_SIZE)]
         scores.append(torch.cat(chunks) if chunks else torch.zeros(0))
+        check_finite_scores(scores[-1], f"bundle {bundle}: the scores of pairs file {path}")
     return {**link_metrics(*scores), "pairs": "files", "bundle": str(bundle),
             "snapshot": loaded.manifest.get("snapshot")}

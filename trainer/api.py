@@ -8,13 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import torch
 
 from ncnc.core.device import resolve_device
 from ncnc.core.errors import InputError
-from ncnc.trainer.checkpoint import load_checkpoint, save_checkpoint
+from ncnc.core.files import Publication, refuse_outputs_over_inputs
+from ncnc.core.ids import IdMap
+from ncnc.trainer.checkpoint import check_replaceable, load_checkpoint, save_checkpoint
 from ncnc.trainer.config import ModelKind, RunConfig, resolve_config
-from ncnc.trainer.data import GraphData, load_edge_list, load_planetoid
+from ncnc.trainer.data import GraphData, load_edge_list, load_planetoid, warn_overlapping_pairs
 from ncnc.trainer.inductive import (
     DEFAULT_NEW_NODE_RULE,
     NewNodeRule,
@@ -24,6 +27,7 @@ from ncnc.trainer.inductive import (
 from ncnc.trainer.splits import EdgeSplit, random_edge_split, reference_planetoid_split
 from ncnc.trainer.training import (
     EpochRecord,
+    TrainingDivergedError,
     TrainingGraph,
     evaluate_split,
     train_model,
@@ -39,7 +43,10 @@ class TrainRequest:
 
     Attributes:
         model: ``"gae"``, ``"ncn"`` or ``"ncnc"``.
-        out: checkpoint directory to write (created; files of an earlier run there are replaced).
+        out: checkpoint directory to write. It is staged beside ``out`` and published whole
+            only when training succeeded; it replaces only an earlier checkpoint (or an empty
+            folder), never another folder, and a failed or interrupted run leaves ``out`` as it
+            was.
         dataset: a built-in graph, ``"cora"``, ``"citeseer"`` or ``"pubmed"``; its reference
             hyperparameters become the defaults.
         data_root: folder holding ``<Name>/raw`` Planetoid files (default
@@ -136,22 +143,41 @@ def train(request: TrainRequest) -> dict[str, Any]:
 
     Raises:
         InputError: not exactly one of ``dataset`` / ``edges``, unreadable or malformed input
-            files, bad settings, or too few edges to hold out validation edges.
+            files, bad settings, too few edges to hold out validation edges, ``out`` is an input
+            (or holds one) or exists and is not a checkpoint, or another run writes ``out``.
+        TrainingDivergedError: (an InputError) the loss, logits or weights became NaN or
+            infinite; no checkpoint is written.
     """
+    out = Path(request.out)
+    inputs = [Path(p) for p in (request.edges, request.features, request.config_file,
+                                request.data_root) if p is not None]
+    refuse_outputs_over_inputs([out], inputs)
+    check_replaceable(out)
+    with Publication() as publication:
+        staging = publication.directory(out)  # locks out first: a second run is refused at once
+        summary = _train_into(request, staging)
+        publication.publish()
+    return summary
+
+
+def _train_into(request: TrainRequest, staging: Path) -> dict[str, Any]:
+    """:func:`train`'s work, every file written into the staged folder ``staging``."""
     graph = load_graph(request)
     cfg = run_config(request, graph)
     device = resolve_device(request.device)
     split = split_graph(graph, cfg, request.dataset)
-    request.out.mkdir(parents=True, exist_ok=True)
-    metrics_path = request.out / "metrics.jsonl"
-    with metrics_path.open("w") as metrics_file:
+    with (staging / "metrics.jsonl").open("w") as metrics_file:
 
         def record(epoch: EpochRecord) -> None:
             metrics_file.write(epoch.as_json() + "\n")
             metrics_file.flush()
 
-        result = train_model(cfg, graph.features, split, device, on_epoch=record,
-                             progress=request.progress)
+        try:
+            result = train_model(cfg, graph.features, split, device, on_epoch=record,
+                                 progress=request.progress)
+        except TrainingDivergedError as err:
+            raise TrainingDivergedError(f"{err}; no checkpoint was written to {request.out}"
+                                        " (an earlier one there is kept)") from err
     summary = {
         "model": cfg.model.model,
         "input": str(request.dataset or request.edges),
@@ -164,8 +190,8 @@ def train(request: TrainRequest) -> dict[str, Any]:
         "seconds": round(result.seconds, 2),
         "seconds_per_epoch": round(result.seconds / max(len(result.history), 1), 3),
     }
-    save_checkpoint(request.out, result.model, cfg, graph.features, graph.id_map, split, summary)
-    write_learning_curve(result, request.out / "learning_curve.png", cfg.train.select_metric)
+    save_checkpoint(staging, result.model, cfg, graph.features, graph.id_map, split, summary)
+    write_learning_curve(result, staging / "learning_curve.png", cfg.train.select_metric)
     return summary
 
 
@@ -210,6 +236,8 @@ def evaluate(
     if pos is not None:
         (pos_pairs, neg_pairs), new = read_pairs_with_new_nodes(ck.id_map, [pos, neg], new_nodes)
         source, new_ids = "files", new.len()
+        warn_overlapping_pairs(pos_pairs, neg_pairs, IdMap(pl.concat([ck.id_map.ids, new])),
+                               pos, neg)
     elif ck.split.test.size(0) > 0:
         pos_pairs, neg_pairs, source = ck.split.test, ck.split.test_neg, "test"
     else:
@@ -217,5 +245,6 @@ def evaluate(
         log.warning("checkpoint holds no test split; evaluating its validation split")
     batch = evaluation_inputs(ck, graph, pos_pairs, neg_pairs, new_ids, new_nodes)
     metrics = evaluate_split(ck.model, batch.inputs, batch.graph, batch.pos.to(torch_device),
-                             batch.neg.to(torch_device), ck.config.train.eval_batch_size)
+                             batch.neg.to(torch_device), ck.config.train.eval_batch_size,
+                             f"checkpoint {checkpoint}: the model's scores of the {source} pairs")
     return {**metrics, "pairs": source, "cold_start": batch.report}

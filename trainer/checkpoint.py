@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ncnc.core.errors import InputError
+from ncnc.core.errors import InputError, examples
 from ncnc.trainer.config import ModelConfig, RunConfig, TrainConfig
 from ncnc.trainer.data import IdMap
 from ncnc.trainer.model import LinkPredictionModel
@@ -53,6 +53,28 @@ def library_versions() -> dict[str, str]:
             "onnx": onnx.__version__, "polars": polars.__version__, "pyarrow": pyarrow.__version__}
 
 
+def is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a folder ``ncnc train`` wrote (of any version): the only kind of
+    folder a training run may replace."""
+    try:
+        meta = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return type(meta) is dict and meta.get("format") == CHECKPOINT_FORMAT
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse, before any work, to replace anything but an earlier checkpoint (or an empty
+    folder): ``--out`` pointing at a data folder must never delete it."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder; refusing to replace it")
+    if any(out.iterdir()) and not is_checkpoint(out):
+        raise InputError(f"--out {out}: exists and is not an ncnc checkpoint; refusing to "
+                         "replace it")
+
+
 def save_checkpoint(
     directory: Path,
     model: LinkPredictionModel,
@@ -77,7 +99,7 @@ def save_checkpoint(
         "summary": summary,
         "versions": library_versions(),
     }
-    (directory / "config.json").write_text(json.dumps(meta, indent=2))
+    (directory / "config.json").write_text(json.dumps(meta, indent=2, allow_nan=False))
 
 
 def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> Checkpoint:
@@ -97,10 +119,16 @@ def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> Chec
         )
     config = RunConfig(ModelConfig(**meta["model"]), TrainConfig(**meta["train"]))
     model = LinkPredictionModel(config.model)
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    weights = load_file(str(directory / "model.safetensors"))
+    _check_finite(weights, directory / "model.safetensors")
+    model.load_state_dict(weights)
     model.to(device).eval()
     features_path = directory / "features.safetensors"
-    features = load_file(str(features_path))["x"].to(device) if features_path.exists() else None
+    features = None
+    if features_path.exists():
+        tables = load_file(str(features_path))
+        _check_finite(tables, features_path)
+        features = tables["x"].to(device)
     return Checkpoint(
         model=model,
         config=config,
@@ -109,3 +137,13 @@ def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> Chec
         split=EdgeSplit.load(directory / "split.parquet"),
         summary=meta.get("summary", {}),
     )
+
+
+def _check_finite(tensors: dict[str, Tensor], path: Path) -> None:
+    """Refuse a checkpoint whose weights or features hold NaN or infinite values (written by an
+    older ncnc from a diverged run, or edited): everything made from it would be garbage."""
+    bad = [name for name, t in tensors.items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise InputError(f"{path}: tensor(s) {examples(bad)} hold NaN or infinite values; "
+                         "retrain the model")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,8 @@ def _apply(section: Any, overrides: dict[str, Any], where: str) -> Any:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InputError(f"{where}: {name} must be a number, got {value!r}")
             value = type(default)(value) if isinstance(default, float) else value
+            if not math.isfinite(value):  # TOML spells nan and inf; no setting means them
+                raise InputError(f"{where}: {name} must be a finite number, got {value!r}")
         typed[name] = value
     return dataclasses.replace(section, **typed)
 

@@ -198,8 +198,9 @@ def _read_features_frame(path: Path, edge_kind: str) -> pl.DataFrame:
     return frame
 
 
-def _features_matrix(frame: pl.DataFrame, path: Path) -> np.ndarray:
-    """The feature values as a float64 ``[rows, F]`` array, in the frame's row order."""
+def _features_matrix(frame: pl.DataFrame, path: Path) -> tuple[np.ndarray, list[str]]:
+    """The feature values as a float64 ``[rows, F]`` array, in the frame's row order, and the
+    name of each of its ``F`` columns for messages (``vec[3]``: item 3 of a list column)."""
     value_columns = [c for c in frame.columns if c != "node"]
     nested = [c for c in value_columns if isinstance(frame[c].dtype, (pl.List, pl.Array))]
     if nested:
@@ -239,7 +240,8 @@ def _features_matrix(frame: pl.DataFrame, path: Path) -> np.ndarray:
                 f"features file {path} column {column}: lists hold null values, for nodes "
                 f"{examples(nodes)}"
             )
-        return flat.cast(pl.Float64).to_numpy().reshape(frame.height, width)
+        values = flat.cast(pl.Float64).to_numpy().reshape(frame.height, width)
+        return values, [f"{column}[{k}]" for k in range(width)]
     not_numeric = [c for c in value_columns if not frame[c].dtype.is_numeric()]
     if not_numeric:
         column = not_numeric[0]
@@ -247,7 +249,35 @@ def _features_matrix(frame: pl.DataFrame, path: Path) -> np.ndarray:
             f"features file {path} column {column}: feature columns must be numeric, got "
             f"{frame[column].dtype} (examples: {examples(frame[column])})"
         )
-    return frame.select(pl.col(value_columns).cast(pl.Float64)).to_numpy()
+    return frame.select(pl.col(value_columns).cast(pl.Float64)).to_numpy(), value_columns
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _as_float32(values: np.ndarray, columns: list[str], frame: pl.DataFrame,
+                path: Path) -> np.ndarray:
+    """``[rows, F]`` float64 features as the float32 the model computes in, checked after the
+    cast: a value that is NaN or infinite in the file, or finite there but beyond float32's range
+    (it would become infinite, and train NaN weights), is refused naming nodes, columns, values.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = values.astype(np.float32)
+    bad = ~np.isfinite(cast)
+    if not bad.any():
+        return cast
+    in_file = bad & ~np.isfinite(values)
+    problem, what = ((in_file, "NaN or infinite features") if in_file.any() else
+                     (bad, f"features beyond float32's range (|x| > {FLOAT32_MAX:.4g}; the "
+                           "model computes in float32, where they become infinite)"))
+    rows = problem.any(axis=1)
+    named = [columns[k] for k in np.flatnonzero(problem.any(axis=0))]
+    nodes = frame["node"].filter(pl.Series(rows)).head(EXAMPLES + 1).to_list()
+    raise InputError(
+        f"features file {path} column{'s' if len(named) > 1 else ''} {examples(named)}: "
+        f"{int(rows.sum())} node(s) have {what}: {examples(nodes)} (values: "
+        f"{examples(float(v) for v in values[problem][:EXAMPLES + 1])})"
+    )
 
 
 def _features_tensor(
@@ -262,17 +292,10 @@ def _features_tensor(
             f"features file {path} column node: {missing.len()} node(s) of the {what} have no "
             f"feature row: {examples(missing)}"
         )
-    values = _features_matrix(frame, path)
-    finite = np.isfinite(values).all(axis=1)
-    if not finite.all():
-        bad_nodes = frame["node"].filter(pl.Series(~finite)).head(EXAMPLES + 1).to_list()
-        raise InputError(
-            f"features file {path}: {int((~finite).sum())} node(s) have NaN or infinite features: "
-            f"{examples(bad_nodes)}"
-        )
+    values = _as_float32(*_features_matrix(frame, path), frame, path)
     index = id_map.to_index(frame["node"], what=f"features file {path} column node")
     features = torch.zeros(len(id_map), values.shape[1], dtype=torch.float32)
-    features[index] = torch.tensor(values, dtype=torch.float32)
+    features[index] = torch.from_numpy(values)
     return features
 
 
@@ -288,6 +311,36 @@ def read_pairs(path: Path, id_map: IdMap) -> torch.Tensor:
         id_map.to_index(frame[c], what=f"pairs file {path} column {c}") for c in ("src", "dst")
     ]
     return torch.stack(columns, dim=1) if frame.height else torch.empty(0, 2, dtype=torch.int64)
+
+
+def warn_overlapping_pairs(pos: torch.Tensor, neg: torch.Tensor, id_map: IdMap,
+                           pos_path: Path, neg_path: Path) -> int:
+    """Warn once when positive pairs are also negatives (the same unordered pair in both
+    files): each then counts as both, which lowers every metric. Returns how many positive
+    rows are also negatives.
+
+    Args:
+        pos, neg: ``[P, 2]`` and ``[Q, 2]`` int64 pairs in ``id_map``'s index space.
+    """
+    n = max(len(id_map), 1)
+
+    def keys(pairs: torch.Tensor) -> np.ndarray:
+        pairs = pairs.cpu().numpy()
+        return pairs.min(axis=1) * n + pairs.max(axis=1)
+
+    pos_keys = keys(pos)
+    shared = np.isin(pos_keys, keys(neg))
+    count = int(shared.sum())
+    if count:  # examples as the positives file spells them, in its order
+        _, first = np.unique(pos_keys[shared], return_index=True)
+        rows = pos[torch.from_numpy(np.flatnonzero(shared)[np.sort(first)][:EXAMPLES + 1])]
+        src = id_map.to_original(rows[:, 0]).to_list()
+        dst = id_map.to_original(rows[:, 1]).to_list()
+        logger.warning(
+            "pairs files %s and %s: %d positive pair(s) are also negatives (the same unordered "
+            "pair in both): %s; each counts as both, which lowers every metric",
+            pos_path, neg_path, count, examples(zip(src, dst, strict=True)))
+    return count
 
 
 def _is_writable(folder: Path) -> bool:

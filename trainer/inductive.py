@@ -223,7 +223,7 @@ def read_pairs_with_new_nodes(id_map: IdMap, paths: Sequence[Path], rule: NewNod
             with ``rule="error"``.
     """
     check_rule(rule)
-    columns = []
+    columns, unknown = [], []
     for path in paths:
         frame = read_parquet_table(path, columns=["src", "dst"], what="pairs file")
         for column in ("src", "dst"):
@@ -232,12 +232,24 @@ def read_pairs_with_new_nodes(id_map: IdMap, paths: Sequence[Path], rule: NewNod
                 id_map.to_index(frame[column], what=f"{what} (--new-nodes error)")
             _, known = id_map.lookup(frame[column], what=what)
             columns.append((frame[column], known))
-    unknown = [values.filter(pl.Series(~known.numpy())) for values, known in columns]
-    new_ids = pl.concat([id_map.ids.head(0), *[u.cast(id_map.ids.dtype) for u in unknown]])
-    new_ids = new_ids.unique().sort()
+            unknown.append(_as_id_dtype(frame[column].filter(pl.Series(~known.numpy())),
+                                        id_map, what))
+    new_ids = pl.concat([id_map.ids.head(0), *unknown]).unique().sort()
     extended = IdMap(pl.concat([id_map.ids, new_ids]))
     index = [extended.to_index(values, what="pairs") for values, _ in columns]
     return [torch.stack(index[k:k + 2], dim=1) for k in range(0, len(index), 2)], new_ids
+
+
+def _as_id_dtype(values: pl.Series, id_map: IdMap, what: str) -> pl.Series:
+    """New ids in the map's dtype, checked after the cast: an integer no Int64 id can equal
+    (uint64 above 2^63 - 1) cannot become a node, so it is refused naming the values."""
+    cast = values.cast(id_map.ids.dtype, strict=False)
+    failed = cast.is_null() & values.is_not_null()
+    if failed.any():
+        raise InputError(f"{what}: {int(failed.sum())} id(s) are not nodes of the checkpoint and "
+                         f"cannot be new ones, being beyond the {id_map.ids.dtype} range of its "
+                         f"ids: {examples(values.filter(failed))}")
+    return cast
 
 
 def evaluation_inputs(ck: Checkpoint, graph: CSRGraph, pos: Tensor, neg: Tensor, num_new: int,

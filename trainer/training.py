@@ -19,8 +19,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ncnc.core.errors import InputError, examples
 from ncnc.trainer.config import RunConfig, TrainConfig
-from ncnc.trainer.metrics import link_metrics
+from ncnc.trainer.metrics import Metrics, check_finite_scores, link_metrics
 from ncnc.trainer.model import LinkPredictionModel, link_loss, mask_entries
 from ncnc.trainer.splits import EdgeSplit, sample_negatives
 from ncnc.triton_kernels import CSRGraph
@@ -55,6 +56,21 @@ class TrainingGraph:
 StopReason = Literal["patience", "max_minutes", "epochs"]
 
 
+class TrainingDivergedError(InputError):
+    """The loss, the logits or the weights became NaN or infinite: a run that cannot give a
+    usable model (exit 2, as bad input: the input or the settings caused it)."""
+
+
+def divergence_cause(x: Tensor | None, tc: TrainConfig) -> str:
+    """The likely reasons a run diverged, with the figures that point to them."""
+    rates = f"learning rates gnnlr {tc.gnnlr:g}, prelr {tc.prelr:g}"
+    if x is None:
+        return f"likely too high a learning rate ({rates}): lower them"
+    largest = float(x.abs().max()) if x.numel() else 0.0
+    return (f"likely node features of huge magnitude (largest |x| = {largest:.3g}: scale or "
+            f"standardise them) or too high a learning rate ({rates})")
+
+
 @dataclass(frozen=True)
 class Stop:
     """Where training stopped (the last epoch run) and why."""
@@ -69,8 +85,8 @@ class EpochRecord:
 
     epoch: int
     loss: float
-    valid: dict[str, float | int]
-    test: dict[str, float | int] | None
+    valid: Metrics
+    test: Metrics | None
     seconds: float
     stopped: Stop | None = None
 
@@ -78,15 +94,15 @@ class EpochRecord:
         line = {k: v for k, v in self.__dict__.items() if k != "stopped"}
         if self.stopped is not None:
             line["stopped"] = dataclasses.asdict(self.stopped)
-        return json.dumps(line)
+        return json.dumps(line, allow_nan=False)
 
 
 @dataclass
 class TrainingResult:
     model: LinkPredictionModel
     best_epoch: int
-    best_valid: dict[str, float | int]
-    best_test: dict[str, float | int] | None
+    best_valid: Metrics
+    best_test: Metrics | None
     stopped: Stop
     history: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
@@ -112,9 +128,15 @@ def evaluate_split(
     pos: Tensor,
     neg: Tensor,
     batch_size: int,
-) -> dict[str, float | int]:
-    """Metrics of positive against negative pairs, scored on ``graph``."""
+    what: str = "the evaluated pairs",
+) -> Metrics:
+    """Metrics of positive against negative pairs, scored on ``graph``.
+
+    Raises:
+        InputError: a score is NaN or infinite (``what`` names the pairs in the message).
+    """
     scores = model.score(features, graph, torch.cat([pos, neg]), batch_size)
+    check_finite_scores(scores, what)
     return link_metrics(scores[: pos.size(0)], scores[pos.size(0):])
 
 
@@ -132,6 +154,10 @@ def train_model(
     Runs until :func:`stop_reason` says stop (patience, ``max_minutes`` measured on ``clock``, or
     ``epochs``). ``on_epoch`` sees each epoch's record, the last one with ``stopped`` set; an
     exception it raises ends training there (the tuner prunes trials that way).
+
+    Raises:
+        TrainingDivergedError: a batch's loss or logits, the weights after an epoch, or a
+            validation score became NaN or infinite; training stops there.
     """
     tc, num_nodes = cfg.train, cfg.model.num_nodes
     torch.manual_seed(tc.seed)
@@ -148,12 +174,19 @@ def train_model(
     full_graph = training_graph.graph
     has_test = split.test.numel() > 0
 
-    def evaluate_test() -> dict[str, float | int]:
-        return evaluate_split(model, x, full_graph, split.test.to(device),
-                              split.test_neg.to(device), tc.eval_batch_size)
+    def evaluate(pos: Tensor, neg: Tensor, what: str) -> Metrics:
+        try:
+            return evaluate_split(model, x, full_graph, pos.to(device), neg.to(device),
+                                  tc.eval_batch_size, what)
+        except InputError as err:  # non-finite scores from finite weights and inputs
+            raise TrainingDivergedError(f"training diverged: {err}; "
+                                        f"{divergence_cause(x, tc)}") from err
+
+    def evaluate_test() -> Metrics:
+        return evaluate(split.test, split.test_neg, "the test pairs")
 
     started = clock()
-    best: tuple[float, int, dict, dict | None, dict] | None = None
+    best: tuple[float, int, Metrics, Metrics | None, dict] | None = None
     history: list[EpochRecord] = []
     bar = tqdm(total=tc.epochs, desc=f"train {cfg.model.model}", disable=not progress,
                unit="epoch")
@@ -162,9 +195,9 @@ def train_model(
         epoch += 1
         epoch_start = clock()
         loss = _train_epoch(model, optimizer, x, train_edges, training_graph, generator, tc,
-                            num_nodes)
-        valid = evaluate_split(model, x, full_graph, split.valid.to(device),
-                               split.valid_neg.to(device), tc.eval_batch_size)
+                            num_nodes, epoch)
+        _check_finite_weights(model, x, tc, epoch)
+        valid = evaluate(split.valid, split.valid_neg, f"the validation pairs of epoch {epoch}")
         test = evaluate_test() if has_test and tc.test_each_epoch else None
         score = float(valid[tc.select_metric])
         if best is None or score > best[0]:
@@ -199,7 +232,14 @@ def _train_epoch(
     generator: torch.Generator,
     tc: TrainConfig,
     num_nodes: int,
+    epoch: int,
 ) -> float:
+    """One epoch over the training edges; returns the mean batch loss.
+
+    Raises:
+        TrainingDivergedError: a batch's loss or logits are NaN or infinite (checked before the
+            step, so no update is made from them).
+    """
     model.train()
     num_edges = train_edges.size(0)
     perm = torch.randperm(num_edges, generator=generator).to(train_edges.device)
@@ -209,7 +249,7 @@ def _train_epoch(
     losses = []
     batch_size = min(tc.batch_size, num_edges)
     # Like the reference, the last incomplete batch of each epoch is skipped.
-    for start in range(0, num_edges - batch_size + 1, batch_size):
+    for number, start in enumerate(range(0, num_edges - batch_size + 1, batch_size), 1):
         batch = perm[start:start + batch_size]
         graph = (training_graph.without(batch) if tc.target_link_removal
                  else training_graph.graph)
@@ -218,10 +258,30 @@ def _train_epoch(
         pos = model.predictor(h, graph, train_edges[batch])
         neg = model.predictor(h, graph, negatives[batch])
         loss = link_loss(pos, neg)
+        # Logits too: infinite logits can give a finite loss and NaN gradients. One sync, as the
+        # loss's .item() below needs anyway.
+        finite = torch.stack([torch.isfinite(loss), torch.isfinite(pos).all(),
+                              torch.isfinite(neg).all()]).cpu()
+        if not bool(finite.all()):
+            what = "loss" if not finite[0] else "logits"
+            raise TrainingDivergedError(
+                f"training diverged: the {what} of epoch {epoch}, batch {number} became NaN or "
+                f"infinite (loss {loss.item():g}); {divergence_cause(x, tc)}")
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     return sum(losses) / len(losses)
+
+
+def _check_finite_weights(model: LinkPredictionModel, x: Tensor | None, tc: TrainConfig,
+                          epoch: int) -> None:
+    """Refuse weights a step made NaN or infinite (overflowing gradients), which the next
+    batch's loss would otherwise only show an epoch later, or never after the last one."""
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise TrainingDivergedError(
+            f"training diverged: after epoch {epoch} the weights {examples(bad)} hold NaN or "
+            f"infinite values; {divergence_cause(x, tc)}")
 
 
 def write_learning_curve(result: TrainingResult, path: Path, metric: str) -> None:

@@ -41,7 +41,7 @@ from ncnc.trainer.api import TrainRequest, run_config, split_graph
 from ncnc.trainer.config import ModelKind, RunConfig, dump_toml
 from ncnc.trainer.data import GraphData, load_edge_list
 from ncnc.trainer.splits import EdgeSplit
-from ncnc.trainer.training import EpochRecord, train_model
+from ncnc.trainer.training import EpochRecord, TrainingDivergedError, train_model
 
 if TYPE_CHECKING:
     import optuna
@@ -217,6 +217,11 @@ def _run_trial(optuna: Any, study: optuna.Study, request: TuneRequest, graph: Gr
     except optuna.TrialPruned:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return
+    except TrainingDivergedError as err:  # these settings cannot train: prune, search on
+        log.warning("trial %d: %s; pruned", trial.number, err)
+        trial.set_user_attr("diverged", str(err))
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return
     except BaseException:  # a bug or Ctrl-C: the trial failed, the study stays consistent
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
@@ -284,8 +289,10 @@ def write_outputs(optuna: Any, study: optuna.Study, request: TuneRequest,
     """``best.toml``, ``report.json`` and the two plots, each replaced whole (temp + rename)."""
     complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
     if not complete:
-        raise InputError(f"no trial of the study in {request.out} completed; give more --trials "
-                         f"or a longer --timeout")
+        diverged = [t.user_attrs["diverged"] for t in study.trials if "diverged" in t.user_attrs]
+        why = (f" ({len(diverged)} diverged, the first: {diverged[0]})" if diverged else "")
+        raise InputError(f"no trial of the study in {request.out} completed{why}; give more "
+                         f"--trials or a longer --timeout")
     best = study.best_trial
     settings = suggest_settings(optuna.trial.FixedTrial(best.params), request.model,
                                 graph.features is not None)
@@ -313,7 +320,8 @@ def write_outputs(optuna: Any, study: optuna.Study, request: TuneRequest,
         "plots": [str(request.out / "history.png"), str(request.out / "importances.png")],
     }
     _replace(request.out / "best.toml", lambda p: p.write_text(dump_toml(cfg, header)))
-    _replace(request.out / "report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
+    text = json.dumps(report, indent=2, allow_nan=False)  # a NaN here is a bug: never write it
+    _replace(request.out / "report.json", lambda p: p.write_text(text))
     _replace(request.out / "history.png", lambda p: _plot_history(optuna, study, metric, p))
     _replace(request.out / "importances.png", lambda p: _plot_importances(importances, note, p))
     return report

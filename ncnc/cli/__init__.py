@@ -103,6 +103,12 @@ class NcncGroup(click.Group):
             sys.exit(done.exit_code)
 
 
+def strict_json(value: Any) -> str:
+    """One JSON line, never with bare NaN or Infinity (not JSON): an undefined metric is null
+    by the time it gets here, so a non-finite number is a bug and raises instead of printing."""
+    return json.dumps(value, allow_nan=False)
+
+
 def _fail(ctx: click.Context, line: str, code: int) -> None:
     click.echo(line, err=True)
     ctx.exit(code)
@@ -167,7 +173,7 @@ def train(model_kind: str, out: Path, dataset: str | None, data_root: Path | Non
                          "seed": seed, "batch_size": batch_size,
                          "val_fraction": val_fraction, "test_fraction": test_fraction},
     ))
-    click.echo(json.dumps(summary))
+    click.echo(strict_json(summary))
 
 
 @cli.command()
@@ -204,8 +210,8 @@ def tune(model_kind: str, edges: Path, features: Path | None, config_file: Path 
         trials=trials, timeout_minutes=timeout_minutes, resume=resume, seed=seed,
         device=device, progress=not quiet,
     ))
-    click.echo(json.dumps({k: report[k] for k in ("best", "importances", "trials",
-                                                  "best_config", "plots")}))
+    click.echo(strict_json({k: report[k] for k in ("best", "importances", "trials",
+                                                   "best_config", "plots")}))
 
 
 @cli.command()
@@ -227,9 +233,9 @@ def evaluate(checkpoint: Path | None, bundle: Path | None, pos: Path | None, neg
     if bundle is not None:
         if pos is None or neg is None:
             raise click.UsageError("--bundle needs --pos and --neg")
-        click.echo(json.dumps(ncnc.evaluate_bundle(bundle, pos, neg, device=device)))
+        click.echo(strict_json(ncnc.evaluate_bundle(bundle, pos, neg, device=device)))
         return
-    click.echo(json.dumps(ncnc.evaluate(checkpoint, pos, neg, device, new_nodes=new_nodes)))
+    click.echo(strict_json(ncnc.evaluate(checkpoint, pos, neg, device, new_nodes=new_nodes)))
 
 
 @cli.command()

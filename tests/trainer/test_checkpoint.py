@@ -42,3 +42,15 @@ def test_loading_never_unpickles(tmp_path, no_unpickling):
                     run.split, {})
     loaded = load_checkpoint(tmp_path)
     assert torch.equal(loaded.split.test, run.split.test)
+
+
+def test_a_checkpoint_with_nan_weights_is_refused(tmp_path):
+    # What an older ncnc wrote after a diverged run: every bundle made from it scored NaN.
+    run = small_run("ncn", seed=0, features=False, epochs=1)
+    model = run.result.model
+    with torch.no_grad():
+        model.encoder.embedding.weight[3, 1] = float("nan")
+    save_checkpoint(tmp_path, model, run.config, None, IdMap.from_ids(range(300)), run.split, {})
+    with pytest.raises(InputError, match=r"model.safetensors: tensor\(s\) 'encoder.embedding.weight' "
+                                         r"hold NaN or infinite values"):
+        load_checkpoint(tmp_path)

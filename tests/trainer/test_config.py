@@ -36,6 +36,8 @@ def test_cora_preset_is_the_reference_command():
     ("[train]\nepochs = 'many'\n", "epochs must be a number"),
     ("[optim]\nlr = 1\n", "unknown table"),
     ("[model\n", "cannot read config"),
+    ("[train]\ngnnlr = nan\n", "gnnlr must be a finite number, got nan"),  # TOML spells nan
+    ("[model]\nprobscale = -inf\n", "probscale must be a finite number, got -inf"),
 ])
 def test_bad_toml_is_rejected_with_the_reason(tmp_path, text, message):
     toml = tmp_path / "bad.toml"

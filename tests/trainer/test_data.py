@@ -14,7 +14,13 @@ import torch
 
 from ncnc.core.errors import InputError
 from ncnc.trainer import data
-from ncnc.trainer.data import IdMap, load_edge_list, load_planetoid, read_pairs
+from ncnc.trainer.data import (
+    IdMap,
+    load_edge_list,
+    load_planetoid,
+    read_pairs,
+    warn_overlapping_pairs,
+)
 from tests.conftest import PLANETOID
 
 needs_cora = pytest.mark.skipif(
@@ -298,3 +304,49 @@ def test_cora_loads_from_a_read_only_folder(tmp_path, monkeypatch):
     assert (
         tmp_path / "cache" / "ncnc" / "planetoid-copy" / "Cora" / "processed" / "data.pt"
     ).is_file()
+
+
+# --- checked after the cast to float32 ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("columns, dtypes, named", [
+    (dict(node=[1, 2, 3], a=[0.5, 0.5, 0.5], f=[1.0, 1e39, -3e300]), None, "'f'"),
+    (dict(node=[1, 2, 3], v=[[0.0, 1.0], [0.0, 1e39], [0.0, -3e300]]),
+     {"v": pl.Array(pl.Float64, 2)}, "'v[1]'"),
+    (dict(node=[1, 2, 3], v=[[0.0, 1.0], [0.0, 1e39], [0.0, -3e300]]),
+     {"v": pl.List(pl.Float64)}, "'v[1]'"),
+], ids=["columns", "array column", "list column"])
+def test_float64_features_that_overflow_float32_are_refused(write_parquet, columns, dtypes,
+                                                            named):
+    # Regression: the finite check ran on float64, before the cast to float32 made these
+    # infinite, and training then learnt NaN weights and exited 0.
+    edges = write_parquet("e.parquet", src=[1, 2], dst=[2, 3])
+    features = write_parquet("f.parquet", dtypes=dtypes, **columns)
+    with pytest.raises(InputError) as info:
+        load_edge_list(edges, features)
+    message = str(info.value)
+    assert f"features file {features} column {named}: 2 node(s) have features beyond " \
+           "float32's range" in message
+    assert "2, 3 (values: 1e+39, -3e+300)" in message and "\n" not in message
+
+
+def test_float64_features_inside_float32s_range_are_kept_as_float32(write_parquet):
+    edges = write_parquet("e.parquet", src=[1], dst=[2])
+    features = write_parquet("f.parquet", node=[1, 2], f=[3e38, -1e-50])  # -1e-50 underflows
+    graph = load_edge_list(edges, features)
+    assert graph.features.dtype == torch.float32
+    assert graph.features[:, 0].tolist() == [pytest.approx(3e38, rel=1e-6), 0.0]
+
+
+def test_overlapping_pairs_warn_once_with_the_count_and_examples(write_parquet, caplog):
+    graph = load_edge_list(write_parquet("e.parquet", src=["a", "b", "c"], dst=["b", "c", "d"]))
+    pos = torch.tensor([[0, 1], [2, 1], [0, 3], [2, 1]])  # a-b, c-b twice, a-d
+    neg = torch.tensor([[1, 2], [3, 2], [1, 0]])  # b-c (= c-b reversed), d-c, b-a
+    assert warn_overlapping_pairs(pos, neg, graph.id_map, Path("p"), Path("n")) == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["pairs files p and n: 3 positive pair(s) are also negatives (the same "
+                        "unordered pair in both): ('a', 'b'), ('c', 'b'); each counts as both, "
+                        "which lowers every metric"]
+    caplog.clear()
+    assert warn_overlapping_pairs(pos[2:3], neg, graph.id_map, Path("p"), Path("n")) == 0
+    assert not caplog.records

@@ -195,3 +195,16 @@ def test_evaluation_scores_test_pairs_touching_nodes_without_training_edges(
     with pytest.raises(InputError, match="'joined'"):
         evaluate(featureless_checkpoint, pos, neg, device="cpu", new_nodes="error")
     assert pl.read_parquet(pos).height == 3  # inputs untouched
+
+
+def test_uint64_pair_ids_beyond_int64_are_refused_not_a_traceback(write_parquet):
+    # Regression: unseen ids were cast to the map's Int64 strictly: a polars traceback.
+    id_map = IdMap.from_ids([1, 2, 3])
+    pos = write_parquet("pos.parquet", src=[1, 2**63 + 5], dst=[2, 3],
+                        dtypes={"src": pl.UInt64, "dst": pl.UInt64})
+    neg = write_parquet("neg.parquet", src=[1], dst=[7], dtypes={"src": pl.UInt64, "dst": pl.UInt64})
+    with pytest.raises(InputError, match=r"pos.parquet column src: 1 id\(s\) are not nodes of the "
+                                         r"checkpoint .* beyond the Int64 range .*: 9223372036854775813"):
+        read_pairs_with_new_nodes(id_map, [pos, neg], "mean")
+    (pos_pairs, neg_pairs), new = read_pairs_with_new_nodes(id_map, [neg, neg], "mean")
+    assert new.to_list() == [7] and pos_pairs.tolist() == [[0, 3]]

@@ -147,3 +147,32 @@ def test_max_minutes_stops_at_the_first_epoch_end_past_the_limit(monkeypatch):
     # 25, 50, 75 s: epoch 3 runs to its end (limits are checked between epochs), then it stops.
     assert run.stopped == Stop(3, "max_minutes") and len(run.history) == 3
     assert run.best_epoch == max(run.history, key=lambda r: r.valid["hits@100"]).epoch
+
+
+def test_a_non_finite_loss_stops_training_naming_the_epoch_and_batch(monkeypatch):
+    real = training.link_loss
+    calls = [0]
+
+    def nan_at_the_fourth_batch(pos, neg):
+        calls[0] += 1
+        loss = real(pos, neg)
+        return loss * float("nan") if calls[0] == 4 else loss
+
+    monkeypatch.setattr(training, "link_loss", nan_at_the_fourth_batch)
+    # 300 nodes, ~900 edges, 70% for training at 64 per batch: 9 batches an epoch.
+    with pytest.raises(training.TrainingDivergedError,
+                       match=r"^training diverged: the loss of epoch 1, batch 4 became NaN or "
+                             r"infinite \(loss nan\); likely node features of huge magnitude "
+                             r"\(largest \|x\| = .*\) or too high a learning rate \(learning "
+                             r"rates gnnlr 0.0043, prelr 0.0024\)$"):
+        small_run("ncn", seed=0, features=True, epochs=2)
+    assert calls[0] == 4  # stopped there: no step was taken from the NaN loss
+
+
+def test_weights_a_step_made_infinite_stop_training_after_the_epoch():
+    # A learning rate of 1e38 turns the first step's weights infinite (a featureless model: the
+    # cause named is the learning rate).
+    with pytest.raises(training.TrainingDivergedError,
+                       match=r"^training diverged: .*epoch 1.*; likely too high a learning rate "
+                             r"\(learning rates gnnlr 1e\+38, prelr 0.0024\): lower them$"):
+        small_run("ncn", seed=0, features=False, epochs=2, gnnlr=1e38)

@@ -163,3 +163,33 @@ def test_training_and_the_cli_do_not_import_optuna():
     code = ("import sys, ncnc.cli, ncnc.trainer.api, ncnc.trainer.tuning; "
             "sys.exit('optuna' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_diverging_trial_is_pruned_and_the_study_goes_on(graph, tmp_path, monkeypatch):
+    # Regression guard: a trial whose settings diverge (TPE draws learning rates up to 3e-2) must
+    # not end the study with exit 2, as ncnc train does; it is pruned with the cause.
+    real, calls = tuning.train_model, [0]
+
+    def first_diverges(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 1:
+            raise tuning.TrainingDivergedError("training diverged: the loss of epoch 1, batch 1 "
+                                               "became NaN or infinite")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "train_model", first_diverges)
+    report = tune(request(graph, tmp_path / "study", trials=2))
+    assert report["trials"]["pruned"] == 1 and report["trials"]["complete"] == 1
+    assert report["best"]["trial"] == 1
+    json.loads((tmp_path / "study" / "report.json").read_text(),
+               parse_constant=lambda c: pytest.fail(f"report.json holds {c}"))
+
+
+def test_a_study_whose_every_trial_diverges_says_so(graph, tmp_path, monkeypatch):
+    def diverges(*args, **kwargs):
+        raise tuning.TrainingDivergedError("training diverged: the loss of epoch 1, batch 1")
+
+    monkeypatch.setattr(tuning, "train_model", diverges)
+    with pytest.raises(InputError, match=r"no trial of the study in .* completed \(2 diverged, the "
+                                         r"first: training diverged: the loss of epoch 1"):
+        tune(request(graph, tmp_path / "study", trials=2))
