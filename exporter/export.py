@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ncnc.core.errors import InputError
-from ncnc.core.files import Publication, refuse_outputs_over_inputs
+from ncnc.core.files import Publication, refuse_outputs_over_inputs, refuse_replacing_foreign_folder
 from ncnc.core.ids import IdMap
 from ncnc.scorer.bundle import (
     HEAD_FILE,
@@ -156,7 +156,7 @@ def export_bundle(
                          "its nodes and their features")
     inputs = [Path(p) for p in (edges, features, nodes, sign_key) if p is not None]
     refuse_outputs_over_inputs([out], inputs, [checkpoint])
-    _check_replaceable(out)
+    refuse_replacing_foreign_folder(out, "bundle", is_bundle)
     if sign_key is not None:
         check_signing_key(sign_key)
     with Publication() as publication:
@@ -338,11 +338,3 @@ def _runtime_versions() -> dict[str, str]:
     return {"onnxruntime": onnxruntime.__version__}
 
 
-def _check_replaceable(out: Path) -> None:
-    """Refuse, before any work, to replace anything but an earlier bundle (or an empty folder)."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder; refusing to replace it")
-    if any(out.iterdir()) and not is_bundle(out):
-        raise InputError(f"--out {out}: exists and is not an ncnc bundle; refusing to replace it")

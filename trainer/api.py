@@ -13,9 +13,9 @@ import torch
 
 from ncnc.core.device import resolve_device
 from ncnc.core.errors import InputError
-from ncnc.core.files import Publication, refuse_outputs_over_inputs
+from ncnc.core.files import Publication, refuse_outputs_over_inputs, refuse_replacing_foreign_folder
 from ncnc.core.ids import IdMap
-from ncnc.trainer.checkpoint import check_replaceable, load_checkpoint, save_checkpoint
+from ncnc.trainer.checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
 from ncnc.trainer.config import ModelKind, RunConfig, resolve_config
 from ncnc.trainer.data import GraphData, load_edge_list, load_planetoid, warn_overlapping_pairs
 from ncnc.trainer.inductive import (
@@ -152,7 +152,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
     inputs = [Path(p) for p in (request.edges, request.features, request.config_file,
                                 request.data_root) if p is not None]
     refuse_outputs_over_inputs([out], inputs)
-    check_replaceable(out)
+    refuse_replacing_foreign_folder(out, "checkpoint", is_checkpoint)
     with Publication() as publication:
         staging = publication.directory(out)  # locks out first: a second run is refused at once
         summary = _train_into(request, staging)

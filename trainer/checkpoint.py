@@ -63,18 +63,6 @@ def is_checkpoint(path: Path) -> bool:
     return type(meta) is dict and meta.get("format") == CHECKPOINT_FORMAT
 
 
-def check_replaceable(out: Path) -> None:
-    """Refuse, before any work, to replace anything but an earlier checkpoint (or an empty
-    folder): ``--out`` pointing at a data folder must never delete it."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder; refusing to replace it")
-    if any(out.iterdir()) and not is_checkpoint(out):
-        raise InputError(f"--out {out}: exists and is not an ncnc checkpoint; refusing to "
-                         "replace it")
-
-
 def save_checkpoint(
     directory: Path,
     model: LinkPredictionModel,

@@ -26,7 +26,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -285,6 +285,18 @@ def _move_into_place(staged: Staged) -> None:
         if held is not None:
             os.close(held)
     _remove(aside)
+
+
+def refuse_replacing_foreign_folder(out: Path, kind: str, is_ours: Callable[[Path], bool]) -> None:
+    """Raise :class:`InputError`, before any work, unless ``out`` is absent, an empty folder or a
+    folder ``is_ours`` recognises (an earlier ncnc ``kind``, e.g. ``"bundle"``): a folder
+    ``--out`` points at by mistake must never be deleted by its replacement."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder; refusing to replace it")
+    if any(out.iterdir()) and not is_ours(out):
+        raise InputError(f"--out {out}: exists and is not an ncnc {kind}; refusing to replace it")
 
 
 def refuse_outputs_over_inputs(outputs: Iterable[Path], inputs: Iterable[Path],
