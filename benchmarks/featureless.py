@@ -417,6 +417,8 @@ def run_patience(args: argparse.Namespace) -> None:
                   f"{statistics.mean(share):.2f} | {statistics.mean(valid_lost):.2f} / "
                   f"{max(valid_lost):.2f} | {statistics.mean(test_lost):.2f} / "
                   f"{max(test_lost):.2f} | {statistics.mean(kept):.2f} | {len(curves)} |")
+    if args.plot is not None:
+        plot_curves(rows, args.plot, patience=10)
     print()
     print("| variant | graph | model | best valid HR@100 | its test HR@100 | best epoch | "
           + " | ".join(f"test HR@100 at best valid {s} (epoch)" for s in args.select
@@ -437,6 +439,39 @@ def run_patience(args: argparse.Namespace) -> None:
         print(f"| {curve['variant']} | {curve['graph']} | {curve['model']} | "
               f"{100 * valid[best - 1]:.2f} | {100 * curve['epochs'][best - 1]['test_hits@100']:.2f}"
               f" | {best} | {' | '.join(others + [f'{seconds:.2f}'])} |")
+
+
+def plot_curves(rows: list[dict], path: Path, patience: int) -> None:
+    """One panel per curve: validation and test HR@100 per epoch, the epoch early stopping with
+    ``patience`` keeps, and where it stops."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: (r["graph"], r["model"], r["variant"], r["seed"]))
+    columns = 4
+    fig, axes = plt.subplots((len(rows) + columns - 1) // columns, columns, sharex=True,
+                             figsize=(3.2 * columns, 2.4 * ((len(rows) + columns - 1) // columns)),
+                             squeeze=False)
+    for ax, curve in zip(axes.flat, rows):
+        epochs = [e["epoch"] for e in curve["epochs"]]
+        valid = [100 * e["valid_hits@100"] for e in curve["epochs"]]
+        ax.plot(epochs, valid, label="valid HR@100")
+        ax.plot(epochs, [100 * e["test_hits@100"] for e in curve["epochs"]], label="test HR@100")
+        ran, best = stop_at(valid, patience)
+        ax.axvline(best, color="green", linestyle=":", label=f"kept (patience {patience})")
+        ax.axvline(ran, color="grey", linestyle="--", label="stopped")
+        ax.set_title(f"{curve['graph']} {curve['model'].upper()} ({curve['variant']})", fontsize=9)
+        ax.set_ylim(0, 100)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="lower right")
+    fig.supxlabel("epoch")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def cli_run(tree: Path, model: str, edges: Path, out: Path, *extra: str) -> dict:
@@ -550,6 +585,7 @@ def main() -> None:
                         help="patience: the patiences to simulate (0: off, the whole curve)")
     parser.add_argument("--select", nargs="+", default=["hits@100"], choices=CURVE_METRICS,
                         help="patience: validation metrics that select the epoch")
+    parser.add_argument("--plot", type=Path, help="patience: PNG of the curves (patience 10)")
     parser.add_argument("--caps", nargs="+", type=int, default=[-1, 64, 32, 16, 8],
                         help="diagnose: evaluation completion caps (test_cap; -1: none)")
     parser.add_argument("--planetoid", type=Path, default=DEFAULT_PLANETOID)
