@@ -173,7 +173,7 @@ def run_diagnose(args: argparse.Namespace, folder: Path) -> None:
     """Why a model's test HR@100 falls below its validation figure (nothing is trained): the
     table run's checkpoint of each graph, model and seed scored again on validation and test.
     Records the score plateau (how many test negatives outscore the validation's 100th-best
-    negative, which HR@100 on validation lets through, and how narrow that band of logits is),
+    negative, which HR@100 on validation lets through, and the logits that bound that band),
     the training-graph degree of the larger endpoint among the top 100 test negatives (hubs?),
     the figures under each evaluation
     completion cap ``--caps`` (``test_cap``), and CN/AA on the same validation pairs."""
@@ -211,12 +211,13 @@ def run_diagnose(args: argparse.Namespace, folder: Path) -> None:
             valid_threshold = scores["valid"][1].sort(descending=True).values[99]
             test_pos, test_neg = scores["test"]
             top = split.test_neg[test_neg.topk(100).indices]
-            every = torch.cat([test_pos, test_neg])
             row[f"cap{cap}/test"].update(
                 neg_above_valid_threshold=int((test_neg > valid_threshold).sum()),
-                # the band above the validation threshold, as a share of the whole logit range
-                band_share_of_range=float((every.max() - valid_threshold)
-                                          / (every.max() - every.min())),
+                logits={"max": float(torch.cat([test_pos, test_neg]).max()),
+                        "test_100th_neg": float(test_neg.sort(descending=True).values[99]),
+                        "valid_100th_neg": float(valid_threshold),
+                        "pos_median": float(test_pos.median()),
+                        "neg_median": float(test_neg.median())},
                 pos_above_valid_threshold=float((test_pos > valid_threshold).float().mean()),
                 top100_neg_hub_degree_median=float(degree[top].max(1).values.float().median()),
                 all_neg_hub_degree_median=float(degree[split.test_neg].max(1).values.float()
