@@ -301,8 +301,10 @@ def paired_means(mine: dict[int, dict], base: dict[int, dict], seeds: list[int],
 
 
 def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+    """``mean ± std``, or the one value alone (no spread is known from one seed)."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def print_table(args: argparse.Namespace, folder: Path) -> None:
@@ -313,8 +315,9 @@ def print_table(args: argparse.Namespace, folder: Path) -> None:
     current = {model: settings_of(model, write_graph(graphs[0], folder, args.planetoid),
                                   VARIANTS["defaults"])[1] for model in ("ncn", "ncnc")}
     summary: dict[str, dict] = {}
-    print("| graph | method | test HR@100 | test AUC | train s | epochs run (best) | seeds |")
-    print("|---|---|---|---|---|---|---|")
+    print("| graph | method | test HR@100 | test AUC | train s (wall) | CPU s | epochs run (best) "
+          "| seeds |")
+    print("|---|---|---|---|---|---|---|---|")
     for graph in graphs:
         for method in ("cn", "aa", "ncn", "ncnc"):
             picked = [r for r in rows if r["graph"] == graph and r["method"] == method
@@ -325,15 +328,16 @@ def print_table(args: argparse.Namespace, folder: Path) -> None:
             auc = [100 * r["test_auc"] for r in picked]
             entry: dict[str, Any] = {"test_hits@100": mean_std(hits), "test_auc": mean_std(auc),
                                      "seeds": sorted(r["seed"] for r in picked)}
-            timing = "— | —"
+            timing = "— | — | —"
             if method in current:
                 seconds = [r["train_seconds"] for r in picked]
+                cpu = [r["cpu_seconds"] for r in picked]
                 epochs = [r["stopped"]["epoch"] for r in picked]
                 best = [r["best_epoch"] for r in picked]
-                entry.update(train_seconds=mean_std(seconds), epochs_run=epochs,
-                             best_epochs=best, settings_id=current[method])
-                timing = (f"{statistics.mean(seconds):.1f} | {statistics.mean(epochs):.0f} "
-                          f"({statistics.mean(best):.0f})")
+                entry.update(train_seconds=mean_std(seconds), cpu_seconds=mean_std(cpu),
+                             epochs_run=epochs, best_epochs=best, settings_id=current[method])
+                timing = (f"{statistics.mean(seconds):.0f} | {statistics.mean(cpu):.0f} | "
+                          f"{statistics.mean(epochs):.0f} ({statistics.mean(best):.0f})")
             print(f"| {graph} | {method.upper()} | {mean_std(hits)} | {mean_std(auc)} | "
                   f"{timing} | {len(picked)} |")
             summary[f"{graph}/{method}"] = entry
