@@ -185,9 +185,10 @@ def run_diagnose(args: argparse.Namespace, folder: Path) -> None:
     from ncnc.trainer.metrics import link_metrics
     from ncnc.trainer.training import TrainingGraph
 
+    done = {(r["graph"], r["model"], r["seed"]) for r in load_rows(args.results / DIAGNOSE)}
     for graph, model, seed in itertools.product(args.graphs, args.models, range(args.seeds)):
         directory = folder / f"{graph}-{model}-{seed}"
-        if not (directory / "config.json").exists():
+        if (graph, model, seed) in done or not (directory / "config.json").exists():
             continue
         ck = load_checkpoint(directory)
         split, num_nodes = ck.split, ck.config.model.num_nodes
