@@ -15,7 +15,9 @@ its settings were already run, so each mode can be stopped and resumed):
     python benchmarks/featureless.py table --seeds 3         # the README table, current defaults
     python benchmarks/featureless.py curves --variant h64 h256 --epochs 40
     python benchmarks/featureless.py patience                # early stopping simulated on curves
-    python benchmarks/featureless.py yeast --main-ref main   # today's vs main's default run time
+    python benchmarks/featureless.py yeast --main-ref cff6e79 [--main-epochs 12]  # vs main
+    python benchmarks/featureless.py patience --variant h64 --select hits@100 hits@50
+    python benchmarks/featureless.py diagnose --graphs heavy_tailed  # table checkpoints, re-scored
 
 ``curves`` trains with patience off for ``--epochs`` epochs and records validation and test
 metrics of every epoch; since a run that stops early is a prefix of that run (same seed, same
@@ -23,6 +25,9 @@ draws), ``patience`` reads off what each patience would have stopped at and kept
 runs ``ncnc train --edges`` as a user would (a process each, nothing but the graph given), with
 this tree's code and with ``--main-ref``'s (exported by ``git archive``), one after the other per
 model, on the same seed and split, and compares wall time, CPU time and best validation HR@100.
+``patience --select`` picks the epoch (and counts the patience) by another validation metric.
+``diagnose`` trains nothing: it re-scores the table runs' checkpoints (kept in the temporary
+folder) and reports the score plateau, the top-scored negatives' degrees, other completion caps.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 # Files under --results: every run of a mode, one JSON line each, and the table's summary.
 RUNS, CURVES = "featureless_runs.jsonl", "featureless_curves.jsonl"
 YEAST, SUMMARY = "featureless_yeast.jsonl", "featureless.json"
+DIAGNOSE = "featureless_diagnose.jsonl"
+CURVE_METRICS = ("hits@20", "hits@50", "hits@100", "mrr", "auc")  # per epoch in the curves
 VAL_FRACTION, TEST_FRACTION = 0.05, 0.15
 GRAPHS = ["cora", "citeseer", "heavy_tailed", "near_tree", "dense_communities", "yeast_sized"]
 # Overrides on top of the current defaults, for the curves that compare settings.
@@ -131,8 +138,10 @@ def train_run(model: str, edges: Path, out: Path, overrides: dict[str, dict[str,
     return summary, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def heuristic_scores(split, num_nodes: int) -> dict[str, dict[str, float]]:
-    """Test metrics of common neighbours and Adamic-Adar, computed on the training graph."""
+def heuristic_scores(split, num_nodes: int,
+                     which: tuple[str, str] = ("test", "test_neg")) -> dict[str, dict[str, float]]:
+    """Metrics of common neighbours and Adamic-Adar on the positive and negative pairs
+    ``which`` of ``split`` (the test pairs unless told), computed on the training graph."""
     import numpy as np
     import scipy.sparse as sp
     import torch
@@ -151,12 +160,71 @@ def heuristic_scores(split, num_nodes: int) -> dict[str, dict[str, float]]:
         common = adjacency[pairs[:, 0]].multiply(adjacency[pairs[:, 1]])
         return torch.tensor(common @ weights, dtype=torch.float64)
 
+    pos, neg = (getattr(split, name).numpy() for name in which)
     out = {}
     for name, weights in (("cn", np.ones(num_nodes)), ("aa", inverse_log)):
-        metrics = link_metrics(score(split.test.numpy(), weights),
-                               score(split.test_neg.numpy(), weights))
-        out[name] = {"test_hits@100": metrics["hits@100"], "test_auc": metrics["auc"]}
+        metrics = link_metrics(score(pos, weights), score(neg, weights))
+        out[name] = {f"{which[0]}_hits@100": metrics["hits@100"],
+                     f"{which[0]}_auc": metrics["auc"]}
     return out
+
+
+def run_diagnose(args: argparse.Namespace, folder: Path) -> None:
+    """Why a model's test HR@100 falls below its validation figure (nothing is trained): the
+    table run's checkpoint of each graph, model and seed scored again on validation and test.
+    Records the score plateau (how many test negatives outscore the validation's 100th-best
+    negative, which HR@100 on validation lets through, and the logits that bound that band),
+    the training-graph degree of the larger endpoint among the top 100 test negatives (hubs?),
+    the figures under each evaluation
+    completion cap ``--caps`` (``test_cap``), and CN/AA on the same validation pairs."""
+    import dataclasses
+
+    import torch
+
+    from ncnc.trainer.checkpoint import load_checkpoint
+    from ncnc.trainer.metrics import link_metrics
+    from ncnc.trainer.training import TrainingGraph
+
+    done = {(r["graph"], r["model"], r["seed"]) for r in load_rows(args.results / DIAGNOSE)}
+    for graph, model, seed in itertools.product(args.graphs, args.models, range(args.seeds)):
+        directory = folder / f"{graph}-{model}-{seed}"
+        if (graph, model, seed) in done or not (directory / "config.json").exists():
+            continue
+        ck = load_checkpoint(directory)
+        split, num_nodes = ck.split, ck.config.model.num_nodes
+        training_graph = TrainingGraph(split.train, num_nodes).graph
+        degree = torch.bincount(split.train.flatten(), minlength=num_nodes)
+        row: dict[str, Any] = {
+            "graph": graph, "model": model, "seed": seed, "hidden": ck.config.model.hidden,
+            "best_epoch": ck.summary["best_epoch"],
+            "valid_heuristics": heuristic_scores(split, num_nodes, ("valid", "valid_neg"))}
+        for cap in args.caps:
+            cfg = dataclasses.replace(ck.config.model, test_cap=cap)
+            ck.model.cfg = ck.model.predictor.cfg = cfg
+            scores = {}
+            for name in ("valid", "test"):
+                pos, neg = getattr(split, name), getattr(split, f"{name}_neg")
+                both = ck.model.score(ck.features, training_graph, torch.cat([pos, neg]))
+                scores[name] = (both[: len(pos)], both[len(pos):])
+                metrics = link_metrics(*scores[name])
+                row[f"cap{cap}/{name}"] = {"hits@100": metrics["hits@100"],
+                                           "auc": metrics["auc"], "num_neg": metrics["num_neg"]}
+            valid_threshold = scores["valid"][1].sort(descending=True).values[99]
+            test_pos, test_neg = scores["test"]
+            top = split.test_neg[test_neg.topk(100).indices]
+            row[f"cap{cap}/test"].update(
+                neg_above_valid_threshold=int((test_neg > valid_threshold).sum()),
+                logits={"max": float(torch.cat([test_pos, test_neg]).max()),
+                        "test_100th_neg": float(test_neg.sort(descending=True).values[99]),
+                        "valid_100th_neg": float(valid_threshold),
+                        "pos_median": float(test_pos.median()),
+                        "neg_median": float(test_neg.median())},
+                pos_above_valid_threshold=float((test_pos > valid_threshold).float().mean()),
+                top100_neg_hub_degree_median=float(degree[top].max(1).values.float().median()),
+                all_neg_hub_degree_median=float(degree[split.test_neg].max(1).values.float()
+                                                .median()))
+        row["commit"] = CODE_VERSION
+        append_row(args.results / DIAGNOSE, row)
 
 
 def load_average() -> float:
@@ -234,8 +302,10 @@ def paired_means(mine: dict[int, dict], base: dict[int, dict], seeds: list[int],
 
 
 def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+    """``mean ± std``, or the one value alone (no spread is known from one seed)."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def print_table(args: argparse.Namespace, folder: Path) -> None:
@@ -246,8 +316,9 @@ def print_table(args: argparse.Namespace, folder: Path) -> None:
     current = {model: settings_of(model, write_graph(graphs[0], folder, args.planetoid),
                                   VARIANTS["defaults"])[1] for model in ("ncn", "ncnc")}
     summary: dict[str, dict] = {}
-    print("| graph | method | test HR@100 | test AUC | train s | epochs run (best) | seeds |")
-    print("|---|---|---|---|---|---|---|")
+    print("| graph | method | test HR@100 | test AUC | train s (wall) | CPU s | epochs run (best) "
+          "| seeds |")
+    print("|---|---|---|---|---|---|---|---|")
     for graph in graphs:
         for method in ("cn", "aa", "ncn", "ncnc"):
             picked = [r for r in rows if r["graph"] == graph and r["method"] == method
@@ -258,15 +329,16 @@ def print_table(args: argparse.Namespace, folder: Path) -> None:
             auc = [100 * r["test_auc"] for r in picked]
             entry: dict[str, Any] = {"test_hits@100": mean_std(hits), "test_auc": mean_std(auc),
                                      "seeds": sorted(r["seed"] for r in picked)}
-            timing = "— | —"
+            timing = "— | — | —"
             if method in current:
                 seconds = [r["train_seconds"] for r in picked]
+                cpu = [r["cpu_seconds"] for r in picked]
                 epochs = [r["stopped"]["epoch"] for r in picked]
                 best = [r["best_epoch"] for r in picked]
-                entry.update(train_seconds=mean_std(seconds), epochs_run=epochs,
-                             best_epochs=best, settings_id=current[method])
-                timing = (f"{statistics.mean(seconds):.1f} | {statistics.mean(epochs):.0f} "
-                          f"({statistics.mean(best):.0f})")
+                entry.update(train_seconds=mean_std(seconds), cpu_seconds=mean_std(cpu),
+                             epochs_run=epochs, best_epochs=best, settings_id=current[method])
+                timing = (f"{statistics.mean(seconds):.0f} | {statistics.mean(cpu):.0f} | "
+                          f"{statistics.mean(epochs):.0f} ({statistics.mean(best):.0f})")
             print(f"| {graph} | {method.upper()} | {mean_std(hits)} | {mean_std(auc)} | "
                   f"{timing} | {len(picked)} |")
             summary[f"{graph}/{method}"] = entry
@@ -301,9 +373,9 @@ def run_curves(args: argparse.Namespace, folder: Path) -> None:
                         "load_after": load_average(), "threads": args.threads,
                         "commit": CODE_VERSION,
                         "epochs": [{"epoch": e["epoch"], "seconds": round(e["seconds"], 3),
-                                    "valid_hits@100": e["valid"]["hits@100"],
-                                    "test_hits@100": e["test"]["hits@100"],
-                                    "test_auc": e["test"]["auc"]} for e in epochs],
+                                    **{f"{split}_{key}": e[split][key]
+                                       for split in ("valid", "test") for key in CURVE_METRICS}}
+                                   for e in epochs],
                     })
                     done.add((graph, model, seed, sid))
 
@@ -321,48 +393,97 @@ def stop_at(valid: list[float], patience: int) -> tuple[int, int]:
 
 
 def run_patience(args: argparse.Namespace) -> None:
-    """What each patience would have cost and kept, per variant, over the recorded curves."""
+    """What each patience would have cost and kept, per variant and validation metric that
+    selects the epoch and counts the patience (``select_metric``), over the recorded curves.
+    The losses are against the best epoch of the whole curve by validation HR@100 (today's
+    selection without early stopping); the test figure is always HR@100."""
     rows = [r for r in load_rows(args.results / CURVES) if r["variant"] in args.variant]
-    print("| variant | patience | epochs run | share of the time | valid HR@100 lost "
-          "(mean / worst) | test HR@100 lost (mean / worst) | curves |")
-    print("|---|---|---|---|---|---|---|")
-    for variant in args.variant:
+    print("| variant | select | patience | epochs run | share of the time | valid HR@100 lost "
+          "(mean / worst) | test HR@100 lost (mean / worst) | test HR@100 kept | curves |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for variant, select in itertools.product(args.variant, args.select):
         curves = [r for r in rows if r["variant"] == variant]
         if not curves:
             continue
         for patience in args.patience:
-            runs, share, valid_lost, test_lost = [], [], [], []
+            runs, share, valid_lost, test_lost, kept = [], [], [], [], []
             for curve in curves:
+                chosen = [e[f"valid_{select}"] for e in curve["epochs"]]
                 valid = [e["valid_hits@100"] for e in curve["epochs"]]
                 test = [e["test_hits@100"] for e in curve["epochs"]]
                 seconds = [e["seconds"] for e in curve["epochs"]]
-                ran, best = stop_at(valid, patience)
+                ran, best = stop_at(chosen, patience or len(chosen))
                 full_best = stop_at(valid, len(valid))[1]
                 runs.append(ran)
                 share.append(sum(seconds[:ran]) / sum(seconds))
                 valid_lost.append(100 * (valid[full_best - 1] - valid[best - 1]))
                 test_lost.append(100 * (test[full_best - 1] - test[best - 1]))
-            print(f"| {variant} | {patience} | {statistics.mean(runs):.1f} | "
+                kept.append(100 * test[best - 1])
+            print(f"| {variant} | {select} | {patience or 'off'} | {statistics.mean(runs):.1f} | "
                   f"{statistics.mean(share):.2f} | {statistics.mean(valid_lost):.2f} / "
                   f"{max(valid_lost):.2f} | {statistics.mean(test_lost):.2f} / "
-                  f"{max(test_lost):.2f} | {len(curves)} |")
+                  f"{max(test_lost):.2f} | {statistics.mean(kept):.2f} | {len(curves)} |")
+    if args.plot is not None:
+        plot_curves(rows, args.plot, patience=10)
     print()
     print("| variant | graph | model | best valid HR@100 | its test HR@100 | best epoch | "
-          "s/epoch |")
-    print("|---|---|---|---|---|---|---|")
+          + " | ".join(f"test HR@100 at best valid {s} (epoch)" for s in args.select
+                       if s != "hits@100") + " | s/epoch |")
+    print("|---|---|---|---|---|---|" + "---|" * len([s for s in args.select if s != "hits@100"])
+          + "---|")
     for curve in sorted(rows, key=lambda r: (r["graph"], r["model"], r["variant"], r["seed"])):
         valid = [e["valid_hits@100"] for e in curve["epochs"]]
         best = stop_at(valid, len(valid))[1]
+        others = []
+        for select in args.select:
+            if select == "hits@100":
+                continue
+            chosen = [e[f"valid_{select}"] for e in curve["epochs"]]
+            at = stop_at(chosen, len(chosen))[1]
+            others.append(f"{100 * curve['epochs'][at - 1]['test_hits@100']:.2f} ({at})")
         seconds = statistics.mean(e["seconds"] for e in curve["epochs"])
         print(f"| {curve['variant']} | {curve['graph']} | {curve['model']} | "
               f"{100 * valid[best - 1]:.2f} | {100 * curve['epochs'][best - 1]['test_hits@100']:.2f}"
-              f" | {best} | {seconds:.2f} |")
+              f" | {best} | {' | '.join(others + [f'{seconds:.2f}'])} |")
+
+
+def plot_curves(rows: list[dict], path: Path, patience: int) -> None:
+    """One panel per curve: validation and test HR@100 per epoch, the epoch early stopping with
+    ``patience`` keeps, and where it stops."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: (r["graph"], r["model"], r["variant"], r["seed"]))
+    columns = 4
+    fig, axes = plt.subplots((len(rows) + columns - 1) // columns, columns, sharex=True,
+                             figsize=(3.2 * columns, 2.4 * ((len(rows) + columns - 1) // columns)),
+                             squeeze=False)
+    for ax, curve in zip(axes.flat, rows):
+        epochs = [e["epoch"] for e in curve["epochs"]]
+        valid = [100 * e["valid_hits@100"] for e in curve["epochs"]]
+        ax.plot(epochs, valid, label="valid HR@100")
+        ax.plot(epochs, [100 * e["test_hits@100"] for e in curve["epochs"]], label="test HR@100")
+        ran, best = stop_at(valid, patience)
+        ax.axvline(best, color="green", linestyle=":", label=f"kept (patience {patience})")
+        ax.axvline(ran, color="grey", linestyle="--", label="stopped")
+        ax.set_title(f"{curve['graph']} {curve['model'].upper()} ({curve['variant']})", fontsize=9)
+        ax.set_ylim(0, 100)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="lower right")
+    fig.supxlabel("epoch")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def cli_run(tree: Path, model: str, edges: Path, out: Path, *extra: str) -> dict:
     """``ncnc train --model M --edges F`` with the code of ``tree``, nothing else set (but
     ``extra`` flags): the summary plus wall and CPU seconds of the whole process (imports and
-    loading included)."""
+    loading included), and the validation HR@100 and seconds of each epoch."""
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "2"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load, wall = load_average(), time.perf_counter()
@@ -374,10 +495,13 @@ def cli_run(tree: Path, model: str, edges: Path, out: Path, *extra: str) -> dict
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     summary = json.loads(done.stdout.strip().splitlines()[-1])
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "load_before": load,
             "load_after": load_average(), "best_epoch": summary["best_epoch"],
             "stopped": summary.get("stopped"), "valid_hits@100": summary["valid"]["hits@100"],
-            "train_seconds": summary["seconds"], "seconds_per_epoch": summary["seconds_per_epoch"]}
+            "train_seconds": summary["seconds"], "seconds_per_epoch": summary["seconds_per_epoch"],
+            "epochs": [{"epoch": e["epoch"], "valid_hits@100": e["valid"]["hits@100"],
+                        "seconds": round(e["seconds"], 2)} for e in epochs]}
 
 
 def export_ref(ref: str, folder: Path) -> tuple[Path, str]:
@@ -393,9 +517,21 @@ def export_ref(ref: str, folder: Path) -> tuple[Path, str]:
     return tree, commit
 
 
+def main_estimate(row: dict, epochs: int) -> tuple[float, float]:
+    """(wall, CPU seconds) of ``row``'s process had it run ``epochs`` epochs: the measured
+    process plus the missing epochs at the mean measured epoch time, CPU at the run's measured
+    CPU/wall ratio (equal to the measurement when the run was not cut)."""
+    seconds = [e["seconds"] for e in row["epochs"]]
+    wall = row["wall_seconds"] + (epochs - len(seconds)) * statistics.mean(seconds)
+    return wall, wall * row["cpu_seconds"] / row["wall_seconds"]
+
+
 def run_yeast(args: argparse.Namespace, folder: Path) -> None:
     """Today's default ``ncnc train --edges`` against ``--main-ref``'s, on the Yeast-sized graph,
-    one after the other per model (the same seed, so the same split and validation pairs)."""
+    one after the other per model (the same seed, so the same split and validation pairs).
+    ``--main-epochs K`` below 100 cuts main's fixed 100 epochs at K (main's time is then the K
+    measured epochs extrapolated to 100; a run that stops early is a prefix of main's, which
+    the per-epoch validation figures of both show)."""
     from ncnc.trainer.synthetic import community_graph
 
     main_tree, main_commit = export_ref(args.main_ref, folder)
@@ -406,45 +542,62 @@ def run_yeast(args: argparse.Namespace, folder: Path) -> None:
     for tree, _ in codes.values():  # numba compiles (and caches) each tree's kernels first
         for model in args.models:
             cli_run(tree, model, warm, folder / "warm", "--epochs", "1")
-    done = {(r["code"], r["model"], r["commit"], r["settings_id"])
+    done = {(r["code"], r["model"], r["commit"], r["settings_id"], r.get("epochs_cap", 100))
             for r in load_rows(args.results / YEAST)}
     ids = {model: settings_of(model, edges, VARIANTS["defaults"])[1] for model in args.models}
     for model in args.models:
         for code, (tree, commit) in codes.items():
-            sid = ids[model] if code == "this" else None
-            if (code, model, commit, sid) in done:
+            sid, cap = (ids[model], 100) if code == "this" else (None, args.main_epochs)
+            if (code, model, commit, sid, cap) in done:
                 continue
-            row = cli_run(tree, model, edges, folder / f"yeast-{code}-{model}")
+            extra = ("--epochs", str(cap)) if code == "main" else ()
+            row = cli_run(tree, model, edges, folder / f"yeast-{code}-{model}", *extra)
             append_row(args.results / YEAST, {"code": code, "model": model, "commit": commit,
-                               "settings_id": sid, **row})
+                                              "settings_id": sid, "epochs_cap": cap, **row})
     rows = load_rows(args.results / YEAST)
     for model in args.models:
         main = [r for r in rows if r["model"] == model and r["code"] == "main"
-                and r["commit"] == main_commit]
+                and r["commit"] == main_commit and r.get("epochs_cap", 100) == args.main_epochs]
         this = [r for r in rows if r["model"] == model and r["code"] == "this"
                 and r["settings_id"] == ids[model]]
-        if main and this:
-            main, this = main[-1], this[-1]
-            print(f"{model}: wall {this['wall_seconds']} s vs main {main['wall_seconds']} s "
-                  f"({this['wall_seconds'] / main['wall_seconds']:.3f}x), CPU "
-                  f"{this['cpu_seconds']} s vs {main['cpu_seconds']} s "
-                  f"({this['cpu_seconds'] / main['cpu_seconds']:.3f}x); best valid HR@100 "
-                  f"{100 * this['valid_hits@100']:.2f} (epoch {this['best_epoch']}, stopped "
-                  f"{this['stopped']}) vs main {100 * main['valid_hits@100']:.2f} (epoch "
-                  f"{main['best_epoch']} of 100)")
+        if not (main and this):
+            continue
+        main, this = main[-1], this[-1]
+        wall, cpu = main_estimate(main, 100)
+        shared = min(len(main["epochs"]), len(this["epochs"]))
+        same = all(a["valid_hits@100"] == b["valid_hits@100"]
+                   for a, b in zip(main["epochs"][:shared], this["epochs"][:shared]))
+        cut = "" if main["epochs_cap"] == 100 else (
+            f" (estimated from {main['epochs_cap']} measured epochs: {main['wall_seconds']} s "
+            f"wall, {main['cpu_seconds']} s CPU)")
+        print(f"{model}: wall {this['wall_seconds']} s vs main {wall:.1f} s{cut} "
+              f"({this['wall_seconds'] / wall:.3f}x), CPU {this['cpu_seconds']} s vs "
+              f"{cpu:.1f} s ({this['cpu_seconds'] / cpu:.3f}x); best valid HR@100 "
+              f"{100 * this['valid_hits@100']:.2f} (epoch {this['best_epoch']}, stopped "
+              f"{this['stopped']}) vs main {100 * main['valid_hits@100']:.2f} (epoch "
+              f"{main['best_epoch']} of {len(main['epochs'])} run); validation of the first "
+              f"{shared} epochs identical in both: {same}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["table", "curves", "patience", "yeast"])
+    parser.add_argument("mode", choices=["table", "curves", "patience", "yeast", "diagnose"])
     parser.add_argument("--graphs", nargs="+", default=GRAPHS, choices=GRAPHS)
     parser.add_argument("--models", nargs="+", default=["ncn", "ncnc"])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--variant", nargs="+", default=["defaults"], choices=sorted(VARIANTS))
     parser.add_argument("--epochs", type=int, default=40, help="curves: epochs per run")
-    parser.add_argument("--patience", nargs="+", type=int, default=[3, 5, 8, 10, 15, 20])
+    parser.add_argument("--patience", nargs="+", type=int, default=[3, 5, 8, 10, 15, 20],
+                        help="patience: the patiences to simulate (0: off, the whole curve)")
+    parser.add_argument("--select", nargs="+", default=["hits@100"], choices=CURVE_METRICS,
+                        help="patience: validation metrics that select the epoch")
+    parser.add_argument("--plot", type=Path, help="patience: PNG of the curves (patience 10)")
+    parser.add_argument("--caps", nargs="+", type=int, default=[-1, 64, 32, 16, 8],
+                        help="diagnose: evaluation completion caps (test_cap; -1: none)")
     parser.add_argument("--planetoid", type=Path, default=DEFAULT_PLANETOID)
     parser.add_argument("--main-ref", default="main", help="yeast: the code to compare with")
+    parser.add_argument("--main-epochs", type=int, default=100,
+                        help="yeast: cut main's fixed 100 epochs at K (its time extrapolated)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the .jsonl")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads of in-process runs (1 wastes less on a busy machine)")
@@ -457,7 +610,8 @@ def main() -> None:
     folder.mkdir(exist_ok=True)
     args.results.mkdir(parents=True, exist_ok=True)
     {"table": lambda: run_table(args, folder), "curves": lambda: run_curves(args, folder),
-     "patience": lambda: run_patience(args), "yeast": lambda: run_yeast(args, folder)}[args.mode]()
+     "patience": lambda: run_patience(args), "yeast": lambda: run_yeast(args, folder),
+     "diagnose": lambda: run_diagnose(args, folder)}[args.mode]()
 
 
 if __name__ == "__main__":
