@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ncnc.core.errors import InputError
+from ncnc.trainer.metrics import RANKING_METRICS
 
 ModelKind = Literal["gae", "ncn", "ncnc"]
 EncoderKind = Literal["puregcn", "gcn"]
@@ -209,4 +210,7 @@ def resolve_config(
     for name in ("patience", "max_minutes"):
         if getattr(run.train, name) < 0:
             raise InputError(f"{name} must be 0 (off) or positive, got {getattr(run.train, name)}")
+    if run.train.select_metric not in RANKING_METRICS:
+        raise InputError(f"select_metric must be one of {', '.join(RANKING_METRICS)}, got "
+                         f"{run.train.select_metric!r}")
     return run

@@ -64,6 +64,11 @@ def test_bad_stopping_settings_are_rejected(flags, message):
         resolve_config("ncn", train_flags=flags)
 
 
+def test_an_unknown_select_metric_is_refused_before_training_not_a_key_error():
+    with pytest.raises(InputError, match=r"select_metric must be one of hits@20, .*auc, got 'hits@30'"):
+        resolve_config("ncnc", train_flags={"select_metric": "hits@30"})
+
+
 def test_dump_toml_reads_back_as_the_same_settings(tmp_path):
     graph = {"num_nodes": 50, "in_features": 3}
     cfg = resolve_config("ncnc", dataset="citeseer",
