@@ -276,8 +276,8 @@ def test_snapshot_mistakes_are_one_line_errors_and_write_nothing(case, checkpoin
 
 def test_export_cap_is_recorded_in_the_manifest_and_defaults_to_the_checkpoints(checkpoints,
                                                                                  tmp_path):
-    for flags, expected in [([], 3), (["--cap", "16"], 16), (["--cap", "-1"], -1)]:
-        out = tmp_path / f"bundle{len(flags)}{expected}"
+    for flags, expected in [([], 3), (["--cap", "16"], 16)]:  # -1: the next test's bundles
+        out = tmp_path / f"bundle{expected}"
         result = CliRunner().invoke(cli, ["export", "--checkpoint", str(checkpoints["ncnc"]),
                                           "--out", str(out), *flags])
         assert result.exit_code == 0, result.output
