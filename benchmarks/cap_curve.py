@@ -325,6 +325,13 @@ def main() -> None:
             load = functools.partial(ncnc.load_bundle, bundle)
         graphs[graph] = degree_report(load().graph)
         print(json.dumps({"graph": graph, **graphs[graph]}), flush=True)
+        older = [r for r in done if r["graph"] == graph and "completion_pairs_per_pair" not in r]
+        if older:  # rows of an earlier version of this script: count their work now
+            work = inner_pairs(load().graph, [r["cap"] for r in older],
+                               scoring_pairs(load().graph, older[0]["timed_pairs"]))
+            for r in older:
+                r["completion_pairs_per_pair"] = round(work[r["cap"]], 2)
+            runs.write_text("".join(json.dumps(r) + "\n" for r in done))
         todo = [c for c in args.caps if not any(r["graph"] == graph and r["cap"] == c
                                                 for r in done)]
         if not todo:
