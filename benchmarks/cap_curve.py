@@ -2,15 +2,18 @@
 
     python benchmarks/cap_curve.py                         # cora, citeseer, heavy_tail
     python benchmarks/cap_curve.py --graphs cora --epochs 30
+    python benchmarks/cap_curve.py --graphs heavy_tail --speed-only heavy_tail \
+        --speed-head /tmp/ncnc-cap-curve/bundle_cora          # timing only, no training
 
 NCNC scores one inner pair per member of each completion set, so a pair's cost grows with its
-two degrees and a heavy-tailed graph is dominated by its hubs. For each graph: train NCNC once
-(seed 0; the Planetoid presets for Cora and CiteSeer, the ``--edges`` defaults for the generated
-graph), then for every cap: test HR@100 scored with that cap (the checkpoint's
-test split and negatives), and the bundle scorer's pairs/s at that cap on random pairs plus pairs
-two hops apart (an export of the checkpoint, its cap set in memory: the engine reads the cap from
-the spec). The default for ``--edges`` graphs is the smallest cap within 0.5 points of the
-uncapped HR@100 on every graph.
+two degrees. For each graph: train NCNC once (seed 0; the Planetoid presets for Cora and
+CiteSeer, the ``--edges`` defaults for the generated graph, ``--train-cap`` as its trndeg), then
+for every cap: test HR@100 scored with that cap (the checkpoint's test split and negatives,
+scored by the bundle, which export validates against the eager model), the completion pairs per
+target pair, and the bundle scorer's pairs/s at that cap on random pairs plus pairs two hops
+apart (an export of the checkpoint, its cap set in memory: the engine reads the cap from the
+spec). The default for ``--edges`` graphs is the smallest cap within 0.5 points of the uncapped
+HR@100 on every graph with HR@100 figures.
 
 Each finished (graph, cap) is appended to ``benchmarks/results/cap_curve_runs.jsonl`` and skipped
 when the script runs again (resumable); ``benchmarks/results/cap_curve.json`` and
