@@ -9,6 +9,7 @@ go into the manifest; above the tolerance the export fails and leaves no bundle.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -62,6 +63,9 @@ class ExportConfig:
     program_batch_size: int = 1_531
     trace_batch_size: int = 64
     seed: int = 0
+    # NCNC's cap on each completion set (the paper's tstdeg; -1: none), recorded as spec.cap and
+    # used by the validation too. None: the checkpoint's test_cap.
+    cap: int | None = None
 
 
 class HeadModule(nn.Module):
@@ -130,7 +134,9 @@ def export_bundle(
             it from its features and edges; featureless models give it the ``"mean"`` of its
             known neighbours' learned rows (iterated outwards; default) or a ``"zero"`` row, see
             :mod:`ncnc.trainer.inductive`. ``"error"`` refuses new nodes.
-        config: ONNX opset, validation pair count, tolerance and batch sizes.
+        config: ONNX opset, validation pair count, tolerance, batch sizes and the completion
+            cap the bundle scores with (``cap``: -1 none, N draws at most N members of each
+            completion set; default the checkpoint's ``test_cap``).
         sign_key: a PEM elliptic-curve private key (P-256, P-384 or P-521, no password): sign
             the bundle (``model.sig``, :mod:`ncnc.scorer.signing`) so that a reader can refuse
             one it did not come from (``load_bundle(..., verify_key=public key)``). Needs the
@@ -144,13 +150,14 @@ def export_bundle(
         InputError: a bad checkpoint, edges or features file (a snapshot node without a feature
             row, ids of the other kind, features of the wrong width), new nodes the model cannot
             embed, ``out`` exists and is not a bundle, or ``sign_key`` is unreadable or
-            unsupported.
+            unsupported, or ``config.cap`` is 0 or below -1.
         ExportValidationError: the ONNX or ``torch.export`` logits differ from the eager model's
             by more than ``config.atol``; no bundle is left at ``out`` then.
     """
     started = time.perf_counter()
     out, checkpoint = Path(out), Path(checkpoint)
     check_rule(new_nodes)
+    check_cap(config.cap)
     if (features is not None or nodes is not None) and edges is None:
         raise InputError("--features and --nodes go with --edges: today's snapshot is its edges, "
                          "its nodes and their features")
@@ -163,8 +170,10 @@ def export_bundle(
         staging = publication.directory(out)  # locks out first: a second export is refused at once
         ck = load_checkpoint(checkpoint, "cpu")
         graph, id_map, snapshot = _inference_graph(ck, edges, features, nodes, new_nodes)
-        spec = _spec(ck, len(id_map))
+        spec = _spec(ck, len(id_map), config.cap)
         predictor = ck.model.predictor.eval()
+        # The eager model validates the bundle with the cap the bundle will score with.
+        predictor.cfg = dataclasses.replace(predictor.cfg, test_cap=spec.cap)
         with torch.no_grad():
             h = ck.model.encoder(snapshot.inputs, graph)
             levels = [h]
@@ -217,12 +226,21 @@ def _features_source(ck: Checkpoint, features: Path | None) -> str | None:
     return str(features) if features is not None else "checkpoint"
 
 
-def _spec(ck: Checkpoint, num_nodes: int) -> ScoringSpec:
+def check_cap(cap: int | None) -> None:
+    """Refuse a completion cap other than -1 (none), a positive count or None (the
+    checkpoint's)."""
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int)
+                            or not (cap == -1 or 1 <= cap < 1 << 31)):
+        raise InputError(f"--cap {cap!r}: the completion cap is -1 (no cap) or a positive number "
+                         "of members drawn from each completion set, e.g. 16")
+
+
+def _spec(ck: Checkpoint, num_nodes: int, cap: int | None) -> ScoringSpec:
     m = ck.config.model
     return ScoringSpec(
         model=m.model, depth=m.depth if m.model == "ncnc" else 0, hidden=m.hidden,
         num_nodes=num_nodes, probscale=m.probscale, proboffset=m.proboffset, pt=m.pt,
-        alpha=m.alpha, cap=m.test_cap, cap_seed=m.cap_seed,
+        alpha=m.alpha, cap=m.test_cap if cap is None else cap, cap_seed=m.cap_seed,
     )
 
 

@@ -257,11 +257,16 @@ def evaluate(checkpoint: Path | None, bundle: Path | None, pos: Path | None, neg
               help="Sign the bundle with this PEM elliptic-curve private key (P-256/384/521, no "
                    "password), so that score --verify-key can refuse bundles you did not make "
                    "(pip install 'ncnc-toolchain[sign]').")
+@click.option("--cap", type=int, metavar="N",
+              help="NCNC: score with at most N members of each completion set (the paper's "
+                   "tstdeg; -1: no cap), recorded in the manifest. Default: the checkpoint's "
+                   "test_cap (README: the cap curve).")
 def export(checkpoint: Path, out: Path, edges: Path | None, features: Path | None,
-           nodes: Path | None, new_nodes: str, sign_key: Path | None) -> None:
+           nodes: Path | None, new_nodes: str, sign_key: Path | None, cap: int | None) -> None:
     """Export a checkpoint into a validated, self-contained scoring bundle."""
     manifest = ncnc.export(checkpoint, out, edges, features=features, nodes=nodes,
-                           new_nodes=new_nodes, sign_key=sign_key)
+                           new_nodes=new_nodes, sign_key=sign_key,
+                           config=ncnc.ExportConfig(cap=cap))
     click.echo(json.dumps({"bundle": str(out), "snapshot": manifest["snapshot"],
                            "parity": manifest["parity"]}))
 

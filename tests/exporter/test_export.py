@@ -3,6 +3,7 @@ joined, left or changed), atomic failure."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import polars as pl
@@ -268,3 +269,49 @@ def test_snapshot_mistakes_are_one_line_errors_and_write_nothing(case, checkpoin
         export_bundle(checkpoint, tmp_path / "bundle", **kwargs)
     assert "\n" not in str(raised.value)
     assert not (tmp_path / "bundle").exists()
+
+
+# --- The completion cap (export --cap, the paper's tstdeg) --------------------------------------
+
+
+def test_export_cap_is_recorded_in_the_manifest_and_defaults_to_the_checkpoints(checkpoints,
+                                                                                 tmp_path):
+    for flags, expected in [([], 3), (["--cap", "16"], 16)]:  # -1: the next test's bundles
+        out = tmp_path / f"bundle{expected}"
+        result = CliRunner().invoke(cli, ["export", "--checkpoint", str(checkpoints["ncnc"]),
+                                          "--out", str(out), *flags])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "manifest.json").read_text())["spec"]["cap"] == expected
+        assert load_bundle(out).spec.cap == expected
+
+
+@pytest.mark.parametrize("cap", ["0", "-2"])
+def test_a_bad_cap_is_one_line_exit_2_and_writes_nothing(cap, checkpoints, tmp_path):
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(checkpoints["ncnc"]),
+                                      "--out", str(tmp_path / "bundle"), "--cap", cap])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert f"--cap {cap}: the completion cap is -1 (no cap) or a positive number" in result.output
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_the_scorer_uses_the_manifests_cap(checkpoints, tmp_path):
+    # Hand graph: n1 - n2, n3, n4 and n5 - n2. The pair (n1, n5) has common neighbour n2, and n1's
+    # completion set N(n1) \ N(n5) = {n3, n4} has two members: cap 1 draws one of them (weight 2).
+    today = tmp_path / "today.parquet"
+    pl.DataFrame({"src": ["n1", "n1", "n1", "n5"], "dst": ["n2", "n3", "n4", "n2"]}
+                 ).write_parquet(today)
+    bundles = {}
+    for cap in (1, -1):
+        export_bundle(checkpoints["ncnc"], tmp_path / f"cap{cap}", today,
+                      config=ExportConfig(cap=cap))
+        bundles[cap] = load_bundle(tmp_path / f"cap{cap}")
+    pair = bundles[1].id_map.to_index(pl.Series(["n1", "n5"]), what="pair")[None]
+    capped, uncapped = (BatchScorer(bundles[cap], device="cpu").score_logits(pair)
+                        for cap in (1, -1))
+    assert (capped - uncapped).abs().item() > 1e-3
+    # The eager model with test_cap=1, on the bundle's graph and node table, agrees.
+    predictor = load_checkpoint(checkpoints["ncnc"]).model.predictor.eval()
+    predictor.cfg = dataclasses.replace(predictor.cfg, test_cap=1)
+    with torch.no_grad():
+        eager = predictor(bundles[1].levels[0], bundles[1].graph, pair)
+    torch.testing.assert_close(capped, eager, atol=1e-5, rtol=0)

@@ -4,6 +4,7 @@ import pytest
 
 from ncnc.core.errors import InputError
 from ncnc.trainer.config import (
+    DEFAULT_TEST_CAP,
     TrainConfig,
     dump_toml,
     resolve_config,
@@ -79,3 +80,13 @@ def test_dump_toml_reads_back_as_the_same_settings(tmp_path):
     assert path.read_text().startswith("# tuned\n# by a test\n")
     assert "num_nodes" not in path.read_text()  # taken from the graph at train time
     assert resolve_config("ncnc", config_file=path, model_flags=graph) == cfg
+
+
+def test_planetoid_presets_keep_no_cap_and_edge_lists_get_the_measured_default():
+    from ncnc.trainer.config import ModelConfig
+
+    assert DEFAULT_TEST_CAP > 0
+    for dataset in ("cora", "citeseer", "pubmed"):
+        assert resolve_config("ncnc", dataset=dataset).model.test_cap == -1  # the paper's tstdeg
+    assert resolve_config("ncnc").model.test_cap == ModelConfig().test_cap == DEFAULT_TEST_CAP
+    assert resolve_config("ncnc", model_flags={"test_cap": -1}).model.test_cap == -1
