@@ -281,7 +281,9 @@ def _reduce_precision(ck: Checkpoint, id_map: IdMap, spec: ScoringSpec, graph: C
                                         id_map), device="cpu", memo_mib=0)
     reference = score_pairs(fp32, where.pairs)
     if spec.precision == "int8":
-        feeds = calibration_inputs(fp32, where.pairs[:where.validation], config.calibration_rows)
+        calibration = agreement_pairs(ck, id_map, graph, sources=config.agreement_sources,
+                                      per_source=config.agreement_candidates, seed=config.seed + 1)
+        feeds = calibration_inputs(fp32, calibration.pairs, config.calibration_rows, config.seed)
         fp32_head = staging / f"fp32.{HEAD_FILE}"
         (staging / HEAD_FILE).rename(fp32_head)
         quantize_head(fp32_head, staging / HEAD_FILE, feeds)

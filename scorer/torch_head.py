@@ -2,18 +2,21 @@
 in bfloat16.
 
 onnxruntime's CPU provider has no bfloat16 MatMul or Gemm kernel (a bf16 model fails to load
-with "Could not find an implementation"; benchmarks/bench_precision.py measures the fp32 head
-beside this one), while torch multiplies bf16 matrices with oneDNN's AVX-512 BF16 kernels, about
-three times fp32's rate on this CPU. So the head's own graph and weights (the bundle's file, never
-the trainer's model: the scorer imports no training code) run through a small interpreter of
-exactly the op types our exported heads contain; any other op is refused when the bundle is
-loaded. The same head runs on CUDA (torch's bf16 GEMMs) unchanged.
+with "NOT_IMPLEMENTED: Could not find an implementation for MatMul(13)", measured with
+onnxruntime 1.32), while torch multiplies bf16 matrices with oneDNN's AVX-512 BF16 / AMX kernels
+where the CPU has them, and with cuBLAS on CUDA. So the head's own graph and weights (the
+bundle's file, never the trainer's model: the scorer imports no training code) run through a
+small interpreter of exactly the op types our exported heads contain; any other op is refused
+when the bundle is loaded.
 
-Inputs arrive in float32 (the common-neighbour step accumulates in float32) and are rounded to
-bfloat16; every product accumulates in float32 inside oneDNN / cuBLAS; the logits leave in
-float32. Scores stay bit-identical across batch sizes on the CPU (tests/scorer/test_determinism.py):
-the head runs in fixed blocks of :data:`HEAD_BLOCK` rows, the last one padded, so every row meets
-the same kernels whatever batch it came in.
+The arithmetic is defined once: weights and every op's output rounded to bfloat16, products
+accumulated in float32, logits returned in float32. Where the CPU has no native bf16
+(``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` false: AVX2 machines, where torch's bf16 GEMM
+is an emulation about 8x slower than fp32, benchmarks/bench_precision.py) the same rounded values
+are computed in float32 and rounded after each op: equal up to the accumulation order.
+Scores stay bit-identical across batch sizes on the CPU (tests/scorer/test_determinism.py): the
+head runs in fixed blocks of :data:`HEAD_BLOCK` rows, the last one padded, so every row meets the
+same kernels whatever batch it came in.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ the final squeeze), each as a torch function of the node and its input values.""
 
 
 class TorchHead:
-    """``head.onnx`` evaluated by torch in ``dtype`` (bfloat16) on ``device``, behind the
+    """``head.onnx`` evaluated by torch in bfloat16 arithmetic on ``device``, behind the
     :data:`ncnc.triton_kernels.pair_scoring.HeadFn` interface.
 
     Raises:
@@ -103,7 +106,7 @@ class TorchHead:
     """
 
     def __init__(self, path: Path, spec: ScoringSpec, device: torch.device,
-                 dtype: torch.dtype = torch.bfloat16, threads: int | None = None) -> None:
+                 threads: int | None = None) -> None:
         import onnx
         from onnx import numpy_helper
 
@@ -113,11 +116,14 @@ class TorchHead:
             raise BundleError(f"{path}: not an ONNX model ({first_line(err)})") from err
         graph = model.graph
         self.nodes = [_node(path, node) for node in graph.node]
-        self.device, self.dtype = device, dtype
+        self.device = device
+        self.native = native_bf16(device)
+        self.dtype = torch.bfloat16 if self.native else torch.float32  # what the ops compute in
         self.values: dict[str, Tensor] = {}
         for initializer in graph.initializer:
             array = torch.from_numpy(numpy_helper.to_array(initializer).copy())
-            self.values[initializer.name] = (array.to(device, dtype) if array.is_floating_point()
+            self.values[initializer.name] = (self._round(array.to(device))
+                                             if array.is_floating_point()
                                              else array)  # shapes and axes stay integer, on host
         self.input_names = [i.name for i in graph.input if i.name not in self.values]
         self.output_name = graph.output[0].name if len(graph.output) == 1 else ""
@@ -139,7 +145,7 @@ class TorchHead:
         rows = xij.size(0)
         blocks = []
         for start in range(0, rows, HEAD_BLOCK):
-            block = {name: _padded(t[start:start + HEAD_BLOCK].to(self.device, self.dtype))
+            block = {name: _padded(self._round(t[start:start + HEAD_BLOCK].to(self.device)))
                      for name, t in feeds.items() if name in self.input_names}
             blocks.append(self._run(block)[: min(HEAD_BLOCK, rows - start)])
         if not blocks:
@@ -150,8 +156,18 @@ class TorchHead:
         values = {**self.values, **feeds}
         for node in self.nodes:
             result = OPS[node.op](node, *(values[name] if name else None for name in node.inputs))
-            values[node.outputs[0]] = result
+            values[node.outputs[0]] = result if self.native else self._round(result)
         return values[self.output_name]
+
+    def _round(self, tensor: Tensor) -> Tensor:
+        """``tensor`` rounded to bfloat16, held in the dtype the ops compute in."""
+        return tensor.to(torch.bfloat16).to(self.dtype)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether torch multiplies bf16 matrices natively on ``device`` (CUDA; a CPU with AVX-512
+    BF16 or AMX, as oneDNN reports it)."""
+    return device.type == "cuda" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _padded(block: Tensor) -> Tensor:
