@@ -39,7 +39,7 @@ from ncnc.scorer.bundle import (
     write_arrays,
     write_manifest,
 )
-from ncnc.scorer.engine import BatchScorer
+from ncnc.scorer.engine import BatchScorer, head_kind
 from ncnc.scorer.manifest import PRECISIONS
 from ncnc.scorer.signing import check_signing_key, sign_bundle
 from ncnc.trainer.checkpoint import Checkpoint, library_versions, load_checkpoint
@@ -292,7 +292,8 @@ def _reduce_precision(ck: Checkpoint, id_map: IdMap, spec: ScoringSpec, graph: C
     reduced = [t.to(spec.table_dtype) for t in levels]
     scorer = BatchScorer(Bundle.in_memory(staging, spec, graph, reduced, id_map), device="cpu",
                          memo_mib=0)
-    figures = agreement(reference, score_pairs(scorer, where.pairs), where)
+    figures = {"head": head_kind(spec, scorer.device),
+               **agreement(reference, score_pairs(scorer, where.pairs), where)}
     log.info("%s agreement: %s", spec.precision, figures)
     check_agreement(figures, config.thresholds, spec.precision)
     return {**figures, "thresholds": asdict(config.thresholds)}

@@ -24,7 +24,7 @@ from ncnc.core.hashing import KeyTable
 from ncnc.scorer.bundle import Bundle, BundleError, ScoringSpec
 from ncnc.scorer.explain import Reasons, explain_pairs, refuse_unexplainable
 from ncnc.scorer.manifest import first_line
-from ncnc.scorer.torch_head import TorchHead
+from ncnc.scorer.torch_head import TorchHead, native_bf16
 from ncnc.triton_kernels.pair_scoring import pair_logits
 
 DEFAULT_MEMO_MIB = 256.0
@@ -104,12 +104,25 @@ class OnnxHead:
 HeadEngine = OnnxHead | TorchHead
 
 
+HEAD_KINDS = ("onnxruntime-fp32", "torch-bf16", "onnxruntime-int8")
+
+
+def head_kind(spec: ScoringSpec, device: torch.device) -> str:
+    """Which head runs ``spec.precision`` on ``device`` (one of :data:`HEAD_KINDS`): onnxruntime
+    for fp32 and int8 (a statically quantised ``head.onnx``); for bf16, torch in bfloat16 where
+    its GEMMs are native (:func:`ncnc.scorer.torch_head.native_bf16`; onnxruntime's CPU provider
+    has no bf16 MatMul), else onnxruntime in fp32 on the widened tables."""
+    if spec.precision == "int8":
+        return "onnxruntime-int8"
+    if spec.precision == "bf16" and native_bf16(device):
+        return "torch-bf16"
+    return "onnxruntime-fp32"
+
+
 def load_head(path: Path, spec: ScoringSpec, device: torch.device,
               threads: int | None = None) -> HeadEngine:
-    """The head that runs ``spec.precision``: onnxruntime for fp32 and int8 (a statically
-    quantised ``head.onnx``), torch in bfloat16 for bf16 (:mod:`ncnc.scorer.torch_head`:
-    onnxruntime's CPU provider has no bf16 MatMul). Each is checked against ``spec``."""
-    if spec.precision == "bf16":
+    """The head of :func:`head_kind`, checked against ``spec``."""
+    if head_kind(spec, device) == "torch-bf16":
         return TorchHead(path, spec, device, threads=threads)
     return OnnxHead(path, spec, device, threads)
 

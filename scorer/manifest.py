@@ -206,6 +206,9 @@ SPEC = Record({
 })
 FRACTION = Number(0.0, high=1.0)
 AGREEMENT = Record({  # a reduced-precision bundle against the fp32 scores of its checkpoint
+    # The head the export scored with (ncnc.scorer.engine.head_kind): a bf16 bundle runs a bf16
+    # head only where the device has native bf16 GEMMs.
+    "head": Text(("onnxruntime-fp32", "torch-bf16", "onnxruntime-int8")),
     "pairs": COUNT,
     "validation_pairs": COUNT,
     "candidate_sources": COUNT,

@@ -9,11 +9,13 @@ bundle's file, never the trainer's model: the scorer imports no training code) r
 small interpreter of exactly the op types our exported heads contain; any other op is refused
 when the bundle is loaded.
 
-The arithmetic is defined once: weights and every op's output rounded to bfloat16, products
-accumulated in float32, logits returned in float32. Where the CPU has no native bf16
-(``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` false: AVX2 machines, where torch's bf16 GEMM
-is an emulation about 8x slower than fp32, benchmarks/bench_precision.py) the same rounded values
-are computed in float32 and rounded after each op: equal up to the accumulation order.
+Weights and every op's output are bfloat16, products accumulate in float32 inside oneDNN /
+cuBLAS, logits leave in float32. :func:`ncnc.scorer.engine.load_head` uses this head only where
+torch has native bf16 GEMMs (:func:`native_bf16`: CUDA, or a CPU with AVX-512 BF16 / AMX as oneDNN
+reports it). On other CPUs (AVX2 only, like the machine this was built on: torch's bf16 GEMM is
+an emulation there, 7.6x slower than onnxruntime's fp32 head, benchmarks/bench_precision.py) a bf16
+bundle's head runs in fp32 with onnxruntime on the exactly widened bf16 tables; the manifest's
+``parity.agreement.head`` says which head the export measured.
 Scores stay bit-identical across batch sizes on the CPU (tests/scorer/test_determinism.py): the
 head runs in fixed blocks of :data:`HEAD_BLOCK` rows, the last one padded, so every row meets the
 same kernels whatever batch it came in.
@@ -116,13 +118,11 @@ class TorchHead:
             raise BundleError(f"{path}: not an ONNX model ({first_line(err)})") from err
         graph = model.graph
         self.nodes = [_node(path, node) for node in graph.node]
-        self.device = device
-        self.native = native_bf16(device)
-        self.dtype = torch.bfloat16 if self.native else torch.float32  # what the ops compute in
+        self.device, self.dtype = device, torch.bfloat16
         self.values: dict[str, Tensor] = {}
         for initializer in graph.initializer:
             array = torch.from_numpy(numpy_helper.to_array(initializer).copy())
-            self.values[initializer.name] = (self._round(array.to(device))
+            self.values[initializer.name] = (array.to(device, self.dtype)
                                              if array.is_floating_point()
                                              else array)  # shapes and axes stay integer, on host
         self.input_names = [i.name for i in graph.input if i.name not in self.values]
@@ -145,7 +145,7 @@ class TorchHead:
         rows = xij.size(0)
         blocks = []
         for start in range(0, rows, HEAD_BLOCK):
-            block = {name: _padded(self._round(t[start:start + HEAD_BLOCK].to(self.device)))
+            block = {name: _padded(t[start:start + HEAD_BLOCK].to(self.device, self.dtype))
                      for name, t in feeds.items() if name in self.input_names}
             blocks.append(self._run(block)[: min(HEAD_BLOCK, rows - start)])
         if not blocks:
@@ -156,12 +156,8 @@ class TorchHead:
         values = {**self.values, **feeds}
         for node in self.nodes:
             result = OPS[node.op](node, *(values[name] if name else None for name in node.inputs))
-            values[node.outputs[0]] = result if self.native else self._round(result)
+            values[node.outputs[0]] = result
         return values[self.output_name]
-
-    def _round(self, tensor: Tensor) -> Tensor:
-        """``tensor`` rounded to bfloat16, held in the dtype the ops compute in."""
-        return tensor.to(torch.bfloat16).to(self.dtype)
 
 
 def native_bf16(device: torch.device) -> bool:

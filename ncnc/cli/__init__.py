@@ -258,10 +258,13 @@ def evaluate(checkpoint: Path | None, bundle: Path | None, pos: Path | None, neg
                    "reduced precision must agree with fp32 (the thresholds below) or no bundle "
                    "is written.")
 @click.option("--min-top100-overlap", type=click.FloatRange(0.0), default=0.99, show_default=True,
+              metavar="FRACTION",
               help="Reduced precision: least overlap of the global top 100 with fp32's.")
 @click.option("--min-top20-overlap", type=click.FloatRange(0.0), default=0.97, show_default=True,
+              metavar="FRACTION",
               help="Reduced precision: least mean per-source top-20 overlap with fp32's.")
 @click.option("--max-hits-delta", type=click.FloatRange(0.0), default=0.005, show_default=True,
+              metavar="FRACTION",
               help="Reduced precision: largest |hits@100 - fp32's hits@100| on the validation "
                    "pairs.")
 def export(checkpoint: Path, out: Path, edges: Path | None, features: Path | None,

@@ -152,7 +152,7 @@ def test_a_precision_that_disagrees_with_the_tables_or_the_agreement_is_refused(
     # An fp32 bundle relabelled bf16: its F32 tables are refused naming spec.precision; the
     # agreement figures must be present exactly when the precision is reduced.
     relabelled = copy_bundle(bundle_copy, tmp_path / "bf16")
-    agreement = {"pairs": 1, "validation_pairs": 1, "candidate_sources": 0,
+    agreement = {"head": "onnxruntime-fp32", "pairs": 1, "validation_pairs": 1, "candidate_sources": 0,
                  "max_abs_logit_diff": 0.0, "mean_abs_logit_diff": 0.0, "spearman": 1.0,
                  "top100_overlap": 1.0, "per_source_top20_overlap": None, "hits100_fp32": 1.0,
                  "delta_hits100": 0.0, "auc_fp32": 1.0, "delta_auc": 0.0,
