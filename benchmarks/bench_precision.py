@@ -93,6 +93,7 @@ def head_rates(bundles: dict[str, dict], rows: int) -> dict[str, dict]:
 
     from ncnc.scorer.bundle import load_bundle
     from ncnc.scorer.engine import OnnxHead, load_head
+    from ncnc.scorer.torch_head import TorchHead
 
     fp32 = load_bundle(bundles["fp32"]["bundle"])
     levels = fp32.levels
@@ -108,6 +109,8 @@ def head_rates(bundles: dict[str, dict], rows: int) -> dict[str, dict]:
     heads = {precision: load_head(b.head_path, b.spec, cpu, threads=2)
              for precision, b in loaded.items()}
     heads["int8_dynamic"] = OnnxHead(dynamic, fp32.spec, cpu, threads=2)
+    # The torch bf16 head whatever the CPU (a bf16 bundle uses it only with native bf16 GEMMs).
+    heads["bf16_torch"] = TorchHead(fp32.head_path, fp32.spec, cpu, threads=2)
     reference = heads["fp32"](cn, xij)
     figures = {}
     for name, head in heads.items():
@@ -210,6 +213,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=65_536)
     parser.add_argument("--skip-generated", action="store_true")
     parser.add_argument("--skip-cora", action="store_true")
+    parser.add_argument("--heads-only", action="store_true",
+                        help="measure the heads alone (on the generated graph's bundles) and stop")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ncnc-bench-precision"))
     parser.add_argument("--results", type=Path,
                         default=ROOT / "benchmarks" / "results" / "precision_cpu.json")
@@ -228,12 +233,14 @@ def main() -> None:
             if model == "ncn":
                 heads = head_rates(bundles, args.head_rows)
                 print(f"heads alone, {args.head_rows} rows: {json.dumps(heads)}", flush=True)
+                if args.heads_only:
+                    break
             pairs = prefix_file(args.workdir, full, count)
             reports = score_side_by_side(bundles, pairs, args.workdir, args.rounds,
                                          args.batch_size)
             rows += rows_of(f"{args.nodes // 1000}k", model, bundles, reports)
             print_rows(rows[-3:])
-    if not args.skip_cora:
+    if not args.skip_cora and not args.heads_only:
         checkpoints = cora_checkpoints(args.workdir, args.cora_epochs)
         for model, count in (("ncn", args.cora_pairs), ("ncnc", args.cora_ncnc_pairs)):
             bundles = export_precisions(checkpoints[model], args.workdir, f"cora_{model}")
