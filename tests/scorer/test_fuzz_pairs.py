@@ -4,10 +4,11 @@ deleted bytes of a Parquet pairs file, scored with ``Scorer.score_parquet`` (``n
 The property: one one-line :class:`~ncnc.core.errors.InputError` and nothing at the output, or an
 output that is exactly the scores of the rows the damaged file holds (read on its own, whole,
 with ``pyarrow.parquet.read_table`` and Arrow's full validation: polars' own reader also checks
-the column statistics, whose damage leaves the rows intact); the pairs file and the bundle never change. Parquet as polars writes it
-has no page checksums, so a flipped byte inside a data page may decode to other valid ids: such a
-file is a different, valid input (its rows are scored, as the differential check demands); a
-damage that leaves the rows as they were gives exactly the untampered output.
+the column statistics, whose damage leaves the rows intact); the pairs file and the bundle never
+change. Parquet as polars writes it has no page checksums, so a flipped byte inside a data page
+may decode to other valid ids: such a file is a different, valid input (its rows are scored, as
+the differential check demands); a damage that leaves the rows as they were gives exactly the
+untampered output.
 
 ``NCNC_FUZZ_EXAMPLES`` and ``NCNC_FUZZ_RANDOM`` as in tests/scorer/test_fuzz_bundles.py.
 """
