@@ -96,7 +96,7 @@ def test_a_hand_edited_manifest_is_refused_not_scored(bundle_copy, field, value,
     (set_field("spec.precision", "fp16"), "field spec.precision must be one of 'fp32', 'bf16', "
                                           "'int8', got \"fp16\""),
     (lambda m: m["spec"].pop("precision"), "field spec.precision is missing"),
-    (set_field("parity.agreement", {}), "field parity.agreement.pairs is missing"),
+    (set_field("parity.agreement", {}), "field parity.agreement.head is missing"),
 ])
 def test_a_malformed_manifest_is_refused_naming_the_field(bundle_copy, edit, match):
     # Resealed (the digest recomputed, as anyone can): the schema names the field.
