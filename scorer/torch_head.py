@@ -13,9 +13,11 @@ Weights and every op's output are bfloat16, products accumulate in float32 insid
 cuBLAS, logits leave in float32. :func:`ncnc.scorer.engine.load_head` uses this head only where
 torch has native bf16 GEMMs (:func:`native_bf16`: CUDA, or a CPU with AVX-512 BF16 / AMX as oneDNN
 reports it). On other CPUs (AVX2 only, like the machine this was built on: torch's bf16 GEMM is
-an emulation there, 7.6x slower than onnxruntime's fp32 head, benchmarks/bench_precision.py) a bf16
-bundle's head runs in fp32 with onnxruntime on the exactly widened bf16 tables; the manifest's
-``parity.agreement.head`` says which head the export measured.
+an emulation there, this head ran 7.5x slower than onnxruntime's fp32 one,
+benchmarks/results/precision_heads_cpu.json) a bf16 bundle's head runs in fp32 with onnxruntime
+on the exactly widened bf16 tables; the manifest's ``parity.agreement.head`` says which head the
+export measured.
+
 Scores stay bit-identical across batch sizes on the CPU (tests/scorer/test_determinism.py): the
 head runs in fixed blocks of :data:`HEAD_BLOCK` rows, the last one padded, so every row meets the
 same kernels whatever batch it came in.
