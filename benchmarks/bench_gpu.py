@@ -9,7 +9,9 @@ pairs half two hops apart, half uniform) with untrained NCN and NCNC bundles:
 1. ``ncnc score --device cuda`` on ``--ncn-pairs`` (10M) and ``--ncnc-pairs`` (1M) pairs, each in
    its own process, reporting pairs/s and the split of the wall time between the device (the
    engine's ``engine_seconds``: common neighbours, completion and head, synchronised) and the host
-   (reading, id mapping, writing; everything else);
+   (reading, id mapping, writing; everything else), for every precision of ``--precisions``
+   (fp32, bf16, int8: each exported on the host with its agreement against fp32 recorded, as
+   ``bench_precision.py`` does; reduced precisions score ``--reduced-fraction`` of the pairs);
 2. ``ncnc score --device cpu`` on the first ``--agreement-pairs`` of the same pairs, and the
    agreement of the two: max abs logit difference and the overlap of their top 100.
 
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+from bench_precision import PRECISIONS, export_precisions
 from bench_score import build_bundle, build_inputs, prefix_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +71,9 @@ def main() -> None:
     parser.add_argument("--ncn-pairs", type=int, default=10_000_000)
     parser.add_argument("--ncnc-pairs", type=int, default=1_000_000)
     parser.add_argument("--agreement-pairs", type=int, default=20_000)
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
+    parser.add_argument("--reduced-fraction", type=float, default=0.5,
+                        help="bf16 / int8 runs score this fraction of the fp32 pair counts")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ncnc-bench-gpu"))
     parser.add_argument("--results", type=Path)
     args = parser.parse_args()
@@ -82,22 +88,30 @@ def main() -> None:
     full = args.workdir / f"pairs_{args.ncn_pairs}.parquet"
     print(f"inputs ready in {time.perf_counter() - started:.0f} s", flush=True)
     rows = []
-    for model, count in (("ncn", args.ncn_pairs), ("ncnc", args.ncnc_pairs)):
-        _, bundle = build_bundle(args.workdir, graph_dir, model)
+    for model, fp32_count, precision in [(m, c, p) for m, c in (("ncn", args.ncn_pairs),
+                                                               ("ncnc", args.ncnc_pairs))
+                                         for p in args.precisions]:
+        checkpoint, bundle = build_bundle(args.workdir, graph_dir, model)
+        export = {"agreement": None}
+        if precision != "fp32":
+            export = export_precisions(checkpoint, args.workdir, model, (precision,))[precision]
+            bundle = export["bundle"]
+        count = fp32_count if precision == "fp32" else int(fp32_count * args.reduced_fraction)
         pairs = full if count == args.ncn_pairs else prefix_file(args.workdir, full, count)
         head = prefix_file(args.workdir, full, args.agreement_pairs)
-        gpu = score(bundle, pairs, args.workdir / f"{model}_cuda.parquet", "cuda")
-        cpu = score(bundle, head, args.workdir / f"{model}_cpu.parquet", "cpu")
+        gpu = score(bundle, pairs, args.workdir / f"{model}_{precision}_cuda.parquet", "cuda")
+        cpu = score(bundle, head, args.workdir / f"{model}_{precision}_cpu.parquet", "cpu")
         engine = gpu.get("engine_seconds") or 0.0
-        row = {"model": model, "pairs": gpu["rows_scored"],
+        row = {"model": model, "precision": precision, "pairs": gpu["rows_scored"],
                "pairs_per_second": gpu["pairs_per_second"], "seconds": gpu["seconds"],
                "device_seconds": engine, "host_seconds": round(gpu["seconds"] - engine, 3),
                "peak_rss_mib": gpu["peak_rss_mib"], "memo_hit_rate": gpu.get("memo_hit_rate"),
                "cpu_pairs_per_second": cpu["pairs_per_second"],
-               "agreement": agreement(args.workdir / f"{model}_cuda.parquet",
-                                      args.workdir / f"{model}_cpu.parquet")}
+               "agreement": agreement(args.workdir / f"{model}_{precision}_cuda.parquet",
+                                      args.workdir / f"{model}_{precision}_cpu.parquet"),
+               "export_agreement_vs_fp32": export["agreement"]}
         rows.append(row)
-        print(f"{model}: {row['pairs']:,} pairs at {row['pairs_per_second']:,.0f} pairs/s on "
+        print(f"{model} {precision}: {row['pairs']:,} pairs at {row['pairs_per_second']:,.0f} pairs/s on "
               f"{name} (device {engine:.1f} s, host {row['host_seconds']:.1f} s); CPU "
               f"{row['cpu_pairs_per_second']:,.0f} pairs/s; agreement {row['agreement']}",
               flush=True)

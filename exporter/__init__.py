@@ -11,5 +11,7 @@ require("torch_geometric", "onnx", "onnxscript", extra="train",
 
 from ncnc.exporter.evaluate import evaluate_bundle
 from ncnc.exporter.export import ExportConfig, ExportValidationError, export_bundle
+from ncnc.exporter.precision import AgreementError
 
-__all__ = ["ExportConfig", "ExportValidationError", "evaluate_bundle", "export_bundle"]
+__all__ = ["AgreementError", "ExportConfig", "ExportValidationError", "evaluate_bundle",
+           "export_bundle"]

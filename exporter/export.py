@@ -9,10 +9,9 @@ go into the manifest; above the tolerance the export fails and leaves no bundle.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,15 @@ from torch import Tensor, nn
 from ncnc.core.errors import InputError
 from ncnc.core.files import Publication, refuse_outputs_over_inputs, refuse_replacing_foreign_folder
 from ncnc.core.ids import IdMap
+from ncnc.exporter.precision import (
+    Thresholds,
+    agreement,
+    agreement_pairs,
+    calibration_inputs,
+    check_agreement,
+    quantize_head,
+)
+from ncnc.exporter.precision import score as score_pairs
 from ncnc.scorer.bundle import (
     HEAD_FILE,
     PROGRAM_FILE,
@@ -31,7 +39,8 @@ from ncnc.scorer.bundle import (
     write_arrays,
     write_manifest,
 )
-from ncnc.scorer.engine import BatchScorer
+from ncnc.scorer.engine import BatchScorer, head_kind
+from ncnc.scorer.manifest import PRECISIONS
 from ncnc.scorer.signing import check_signing_key, sign_bundle
 from ncnc.trainer.checkpoint import Checkpoint, library_versions, load_checkpoint
 from ncnc.trainer.data import load_edge_list
@@ -66,6 +75,27 @@ class ExportConfig:
     # NCNC's cap on each completion set (the paper's tstdeg; -1: none), recorded as spec.cap and
     # used by the validation too. None: the checkpoint's test_cap.
     cap: int | None = None
+    # Reduced precision (docs/bundle-format.md): "fp32", "bf16" (bf16 tables and head) or "int8"
+    # (bf16 tables, statically quantised int8 head), accepted only when it agrees with fp32.
+    precision: str = "fp32"
+    min_top100_overlap: float = Thresholds.min_top100_overlap
+    min_per_source_top20_overlap: float = Thresholds.min_per_source_top20_overlap
+    max_abs_delta_hits100: float = Thresholds.max_abs_delta_hits100
+    agreement_sources: int = 200  # validation sources whose two-hop candidates are compared
+    agreement_candidates: int = 100  # candidates per source (most common neighbours first)
+    calibration_rows: int = 20_000  # head inputs the int8 scales are calibrated on
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(self.min_top100_overlap, self.min_per_source_top20_overlap,
+                          self.max_abs_delta_hits100)
+
+    def check(self) -> None:
+        """Refuse a cap or a precision this ncnc cannot write (before any work)."""
+        check_cap(self.cap)
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision {self.precision!r}: must be one of "
+                             f"{', '.join(PRECISIONS)}")
 
 
 class HeadModule(nn.Module):
@@ -134,9 +164,12 @@ def export_bundle(
             it from its features and edges; featureless models give it the ``"mean"`` of its
             known neighbours' learned rows (iterated outwards; default) or a ``"zero"`` row, see
             :mod:`ncnc.trainer.inductive`. ``"error"`` refuses new nodes.
-        config: ONNX opset, validation pair count, tolerance, batch sizes and the completion
-            cap the bundle scores with (``cap``: -1 none, N draws at most N members of each
-            completion set; default the checkpoint's ``test_cap``).
+        config: ONNX opset, validation pair count, tolerance, batch sizes; the completion cap
+            the bundle scores with (``cap``: -1 none, N draws at most N members of each
+            completion set; default the checkpoint's ``test_cap``); the precision (``"fp32"``,
+            ``"bf16"``: bf16 tables and head, ``"int8"``: bf16 tables and a statically quantised
+            head) and the agreement with fp32 a reduced one must reach
+            (:mod:`ncnc.exporter.precision`; recorded as the manifest's ``parity.agreement``).
         sign_key: a PEM elliptic-curve private key (P-256, P-384 or P-521, no password): sign
             the bundle (``model.sig``, :mod:`ncnc.scorer.signing`) so that a reader can refuse
             one it did not come from (``load_bundle(..., verify_key=public key)``). Needs the
@@ -153,11 +186,13 @@ def export_bundle(
             unsupported, or ``config.cap`` is 0 or below -1.
         ExportValidationError: the ONNX or ``torch.export`` logits differ from the eager model's
             by more than ``config.atol``; no bundle is left at ``out`` then.
+        AgreementError: (an InputError) a bf16 or int8 bundle agrees with the fp32 scores less
+            than ``config``'s thresholds; no bundle is left at ``out`` then.
     """
     started = time.perf_counter()
     out, checkpoint = Path(out), Path(checkpoint)
     check_rule(new_nodes)
-    check_cap(config.cap)
+    config.check()
     if (features is not None or nodes is not None) and edges is None:
         raise InputError("--features and --nodes go with --edges: today's snapshot is its edges, "
                          "its nodes and their features")
@@ -170,19 +205,22 @@ def export_bundle(
         staging = publication.directory(out)  # locks out first: a second export is refused at once
         ck = load_checkpoint(checkpoint, "cpu")
         graph, id_map, snapshot = _inference_graph(ck, edges, features, nodes, new_nodes)
-        spec = _spec(ck, len(id_map), config.cap)
+        spec = _spec(ck, len(id_map), config.cap, config.precision)
         predictor = ck.model.predictor.eval()
         # The eager model validates the bundle with the cap the bundle will score with.
-        predictor.cfg = dataclasses.replace(predictor.cfg, test_cap=spec.cap)
+        predictor.cfg = replace(predictor.cfg, test_cap=spec.cap)
         with torch.no_grad():
             h = ck.model.encoder(snapshot.inputs, graph)
             levels = [h]
             for _ in range(spec.num_levels - 1):
                 levels.append(predictor.transform(levels[-1]))
-        write_arrays(staging, graph, levels, id_map)
+        write_arrays(staging, graph, levels, id_map, spec.table_dtype)
         _export_onnx(predictor, spec, staging / HEAD_FILE, config)
         _export_program(predictor, spec, graph, levels, staging / PROGRAM_FILE, config)
-        parity = _validate(id_map, predictor, spec, graph, levels, h, staging, config)
+        fp32 = replace(spec, precision="fp32")
+        parity = _validate(id_map, predictor, fp32, graph, levels, h, staging, config)
+        parity["agreement"] = (None if spec.precision == "fp32" else
+                               _reduce_precision(ck, id_map, spec, graph, levels, staging, config))
         manifest = write_manifest(staging, spec, {
             "exported_from": str(checkpoint),
             "graph_source": str(edges) if edges else "checkpoint (training + validation edges)",
@@ -235,13 +273,48 @@ def check_cap(cap: int | None) -> None:
                          "of members drawn from each completion set, e.g. 16")
 
 
-def _spec(ck: Checkpoint, num_nodes: int, cap: int | None) -> ScoringSpec:
+def _spec(ck: Checkpoint, num_nodes: int, cap: int | None, precision: str) -> ScoringSpec:
     m = ck.config.model
     return ScoringSpec(
         model=m.model, depth=m.depth if m.model == "ncnc" else 0, hidden=m.hidden,
         num_nodes=num_nodes, probscale=m.probscale, proboffset=m.proboffset, pt=m.pt,
         alpha=m.alpha, cap=m.test_cap if cap is None else cap, cap_seed=m.cap_seed,
+        precision=precision,
     )
+
+
+def _reduce_precision(ck: Checkpoint, id_map: IdMap, spec: ScoringSpec, graph: CSRGraph,
+                      levels: list[Tensor], staging: Path, config: ExportConfig
+                      ) -> dict[str, Any]:
+    """Make the staged bundle's head ``spec.precision``'s (int8: quantised in place) and measure
+    its agreement with the fp32 scores of the same tables and head, on the checkpoint's
+    validation pairs and their sources' two-hop candidates (:mod:`ncnc.exporter.precision`).
+
+    Raises:
+        AgreementError: below ``config.thresholds``.
+    """
+    where = agreement_pairs(ck, id_map, graph, sources=config.agreement_sources,
+                            per_source=config.agreement_candidates, seed=config.seed)
+    fp32 = BatchScorer(Bundle.in_memory(staging, replace(spec, precision="fp32"), graph, levels,
+                                        id_map), device="cpu", memo_mib=0)
+    reference = score_pairs(fp32, where.pairs)
+    if spec.precision == "int8":
+        calibration = agreement_pairs(ck, id_map, graph, sources=config.agreement_sources,
+                                      per_source=config.agreement_candidates, seed=config.seed + 1)
+        feeds = calibration_inputs(fp32, calibration.pairs, config.calibration_rows, config.seed)
+        fp32_head = staging / f"fp32.{HEAD_FILE}"
+        (staging / HEAD_FILE).rename(fp32_head)
+        quantize_head(fp32_head, staging / HEAD_FILE, feeds)
+        fp32_head.unlink()
+    del fp32
+    reduced = [t.to(spec.table_dtype) for t in levels]
+    scorer = BatchScorer(Bundle.in_memory(staging, spec, graph, reduced, id_map), device="cpu",
+                         memo_mib=0)
+    figures = {"head": head_kind(spec, scorer.device),
+               **agreement(reference, score_pairs(scorer, where.pairs), where)}
+    log.info("%s agreement: %s", spec.precision, figures)
+    check_agreement(figures, config.thresholds, spec.precision)
+    return {**figures, "thresholds": asdict(config.thresholds)}
 
 
 def _export_onnx(predictor: PairPredictor, spec: ScoringSpec, path: Path,

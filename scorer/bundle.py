@@ -97,6 +97,13 @@ class ScoringSpec:
     alpha: float = 0.0
     cap: int = -1  # cap on each completion set (the model's test cap)
     cap_seed: int = 0  # salt of the capped draws
+    precision: str = "fp32"  # fp32 | bf16 | int8 (PRECISIONS): the tables' dtype and the head's
+
+    @property
+    def table_dtype(self) -> torch.dtype:
+        """The node tables' dtype: float32 for an fp32 bundle, bfloat16 otherwise (an int8
+        bundle quantises its head only; its tables are bf16: half the bytes gathered)."""
+        return torch.float32 if self.precision == "fp32" else torch.bfloat16
 
     @property
     def num_levels(self) -> int:
@@ -132,8 +139,8 @@ class Bundle:
             run's outputs must not be written over it.
 
     :attr:`graph` (the CSR graph, ``indptr`` [n+1] and ``indices`` [nnz] int64) and
-    :attr:`levels` (``spec.num_levels`` float32 tables ``[n, hidden]``) are read when first used:
-    a CUDA scorer copies them to the device without keeping a private host copy, and
+    :attr:`levels` (``spec.num_levels`` tables ``[n, hidden]`` of ``spec.table_dtype``) are read
+    when first used: a CUDA scorer copies them to the device without keeping a private host copy, and
     ``ncnc candidates`` reads the graph alone. Every read checks the arrays
     (:class:`BundleError` naming the file and the problem): shapes and dtypes from the header
     before any allocation, then a valid CSR graph and finite tables.
@@ -186,7 +193,12 @@ class Bundle:
         shape = (self.spec.num_nodes, self.spec.hidden)
         names = [f"level{k}" for k in range(self.spec.num_levels)]
         path = _bundle_file(self.path, TABLES_FILE)
-        tables = _read_tensors(path, {name: (torch.float32, shape) for name in names}, huge_pages)
+        dtype = self.spec.table_dtype
+        try:
+            tables = _read_tensors(path, {name: (dtype, shape) for name in names}, huge_pages)
+        except DtypeMismatch as err:
+            raise BundleError(f"{err}, as field spec.precision {self.spec.precision!r} of "
+                              f"{self.path / MANIFEST} needs") from err
         for name in names:
             _check_finite(tables[name], f"{path}: table {name}")
         return [tables[name] for name in names]
@@ -251,12 +263,14 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_arrays(directory: Path, graph: CSRGraph, levels: list[Tensor], id_map: IdMap) -> None:
-    """Write the graph, node tables and id map of a bundle being assembled in ``directory``."""
+def write_arrays(directory: Path, graph: CSRGraph, levels: list[Tensor], id_map: IdMap,
+                 table_dtype: torch.dtype = torch.float32) -> None:
+    """Write the graph, node tables (as ``table_dtype``: :attr:`ScoringSpec.table_dtype`) and id
+    map of a bundle being assembled in ``directory``."""
     save_file({"indptr": graph.indptr.cpu().contiguous(),
                "indices": graph.indices.long().cpu().contiguous()}, str(directory / GRAPH_FILE))
-    save_file({f"level{k}": t.detach().float().cpu().contiguous() for k, t in enumerate(levels)},
-              str(directory / TABLES_FILE))
+    save_file({f"level{k}": t.detach().to(table_dtype).cpu().contiguous()
+               for k, t in enumerate(levels)}, str(directory / TABLES_FILE))
     id_map.save(directory / ID_MAP_FILE)
 
 
@@ -319,6 +333,10 @@ TensorSpec = tuple[torch.dtype, tuple[int, ...]]
 """What a tensor must be: its dtype and shape."""
 
 
+class DtypeMismatch(BundleError):
+    """A safetensors tensor of another dtype than expected (the caller names the rule)."""
+
+
 @dataclass(frozen=True)
 class _Entry:
     dtype: torch.dtype
@@ -355,7 +373,7 @@ def _entry(path: Path, name: str, raw: Any, spec: TensorSpec, start: int,
     if type(raw) is not dict or set(raw) != {"dtype", "shape", "data_offsets"}:
         raise BundleError(f"{where}: a header entry needs exactly dtype, shape and data_offsets")
     if raw["dtype"] != _CODE_OF[dtype]:
-        raise BundleError(f"{where} is of dtype {raw['dtype']!r}, expected {_CODE_OF[dtype]}")
+        raise DtypeMismatch(f"{where} is of dtype {raw['dtype']!r}, expected {_CODE_OF[dtype]}")
     got = raw["shape"]
     if type(got) is not list or any(type(d) is not int or d < 0 for d in got):
         raise BundleError(f"{where}: shape {got!r} is not a list of non-negative integers")
@@ -415,18 +433,26 @@ def _read_tensors(path: Path, expected: Mapping[str, TensorSpec],
 
 
 FINITE_CHECK_ROWS = 1 << 16  # rows per step of the finite check: bounded temporaries
+BF16_EXPONENT = np.int16(0x7F80)  # all ones: infinity or NaN
 
 
 def _check_finite(table: Tensor, what: str) -> None:
     """Refuse a table holding NaN or infinity, naming the first such row. Through numpy, one
     thread: torch's threaded reductions stall on a busy machine (benchmarks/bench_bundle_checks.py
     measures this pass next to the table read)."""
-    values = table.numpy()
+    if table.dtype == torch.bfloat16:  # numpy has no bfloat16: test its exponent bits
+        bits = table.view(torch.int16).numpy()
+
+        def finite_rows(block: np.ndarray) -> np.ndarray:
+            return (block & BF16_EXPONENT) != BF16_EXPONENT
+    else:
+        bits = table.numpy()
+        finite_rows = np.isfinite
     for start in range(0, table.size(0), FINITE_CHECK_ROWS):
-        finite = np.isfinite(values[start:start + FINITE_CHECK_ROWS])
+        finite = finite_rows(bits[start:start + FINITE_CHECK_ROWS])
         if not finite.all():
             row, column = (int(i) for i in np.argwhere(~finite)[0])
-            raise BundleError(f"{what}: row {start + row} holds {float(values[start + row, column])}"
+            raise BundleError(f"{what}: row {start + row} holds {float(table[start + row, column])}"
                               f" (column {column}); node tables must be finite")
 
 

@@ -2,7 +2,8 @@
 
 Common neighbours run through :mod:`ncnc.triton_kernels` (Triton on CUDA, the CPU twin
 otherwise), the head through onnxruntime with IOBinding (the CUDA provider when onnxruntime-gpu is
-installed and the device is CUDA, the CPU provider otherwise).
+installed and the device is CUDA, the CPU provider otherwise), or, for a bf16 bundle, through
+torch in bfloat16 (:mod:`ncnc.scorer.torch_head`).
 ``ncnc score``, the exporter's validation and the Ray adapter all call :class:`BatchScorer`.
 """
 
@@ -23,6 +24,7 @@ from ncnc.core.hashing import KeyTable
 from ncnc.scorer.bundle import Bundle, BundleError, ScoringSpec
 from ncnc.scorer.explain import Reasons, explain_pairs, refuse_unexplainable
 from ncnc.scorer.manifest import first_line
+from ncnc.scorer.torch_head import TorchHead, native_bf16
 from ncnc.triton_kernels.pair_scoring import pair_logits
 
 DEFAULT_MEMO_MIB = 256.0
@@ -97,6 +99,32 @@ class OnnxHead:
             torch.cuda.current_stream(self.bound).synchronize()  # the inputs are written
         self.session.run_with_iobinding(binding)
         return logits.to(self.device)
+
+
+HeadEngine = OnnxHead | TorchHead
+
+
+HEAD_KINDS = ("onnxruntime-fp32", "torch-bf16", "onnxruntime-int8")
+
+
+def head_kind(spec: ScoringSpec, device: torch.device) -> str:
+    """Which head runs ``spec.precision`` on ``device`` (one of :data:`HEAD_KINDS`): onnxruntime
+    for fp32 and int8 (a statically quantised ``head.onnx``); for bf16, torch in bfloat16 where
+    its GEMMs are native (:func:`ncnc.scorer.torch_head.native_bf16`; onnxruntime's CPU provider
+    has no bf16 MatMul), else onnxruntime in fp32 on the widened tables."""
+    if spec.precision == "int8":
+        return "onnxruntime-int8"
+    if spec.precision == "bf16" and native_bf16(device):
+        return "torch-bf16"
+    return "onnxruntime-fp32"
+
+
+def load_head(path: Path, spec: ScoringSpec, device: torch.device,
+              threads: int | None = None) -> HeadEngine:
+    """The head of :func:`head_kind`, checked against ``spec``."""
+    if head_kind(spec, device) == "torch-bf16":
+        return TorchHead(path, spec, device, threads=threads)
+    return OnnxHead(path, spec, device, threads)
 
 
 def head_inputs(model: str) -> list[str]:
@@ -200,7 +228,7 @@ class BatchScorer:
         self.memo = (InnerLogitMemo(memo_mib) if memo_mib > 0 and bundle.spec.model == "ncnc"
                      else None)
         self.engine_seconds = 0.0  # wall time inside score_logits: the device's share of a job
-        self.head = OnnxHead(bundle.head_path, bundle.spec, self.device, threads)
+        self.head = load_head(bundle.head_path, bundle.spec, self.device, threads)
 
     @property
     def stats(self) -> dict[str, float | int | None]:

@@ -29,7 +29,7 @@ from typing import Any
 from ncnc.core.errors import InputError
 
 BUNDLE_FORMAT = "ncnc-bundle"
-FORMAT_VERSION = 2  # 2: manifest_sha256, signature, a closed schema
+FORMAT_VERSION = 3  # 2: manifest_sha256, signature, a closed schema; 3: spec.precision, parity.agreement
 MANIFEST = "manifest.json"
 GRAPH_FILE = "graph.safetensors"
 TABLES_FILE = "tables.safetensors"
@@ -42,6 +42,9 @@ DIGEST_FIELD = "manifest_sha256"
 MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is about 2 KB
 MODELS = ("gae", "ncn", "ncnc")
 DEPTHS = {"gae": (0,), "ncn": (0,), "ncnc": (1, 2)}
+PRECISIONS = ("fp32", "bf16", "int8")
+"""``spec.precision``: fp32 tables and head; bf16 tables and a bf16 head; bf16 tables and an
+int8 (statically quantised) head."""
 INT64_MAX = (1 << 63) - 1
 
 
@@ -199,6 +202,28 @@ SPEC = Record({
     "alpha": CALIBRATION,
     "cap": Integer(-1, (1 << 31) - 1, excluded=(0,)),  # -1: no cap; 0 would divide by zero
     "cap_seed": Integer(-INT64_MAX - 1, INT64_MAX),
+    "precision": Text(PRECISIONS),
+})
+FRACTION = Number(0.0, high=1.0)
+AGREEMENT = Record({  # a reduced-precision bundle against the fp32 scores of its checkpoint
+    # The head the export scored with (ncnc.scorer.engine.head_kind): a bf16 bundle runs a bf16
+    # head only where the device has native bf16 GEMMs.
+    "head": Text(("onnxruntime-fp32", "torch-bf16", "onnxruntime-int8")),
+    "pairs": COUNT,
+    "validation_pairs": COUNT,
+    "candidate_sources": COUNT,
+    "max_abs_logit_diff": Number(0.0),
+    "mean_abs_logit_diff": Number(0.0),
+    "spearman": Number(-1.0, high=1.0),
+    "top100_overlap": FRACTION,
+    "per_source_top20_overlap": Nullable(FRACTION),  # null: no source has more than 20
+    "hits100_fp32": FRACTION,
+    "delta_hits100": Number(-1.0, high=1.0),
+    "auc_fp32": FRACTION,
+    "delta_auc": Number(-1.0, high=1.0),
+    "thresholds": Record({"min_top100_overlap": Number(0.0),
+                          "min_per_source_top20_overlap": Number(0.0),
+                          "max_abs_delta_hits100": Number(0.0)}),
 })
 SCHEMA = Record({
     "format": Text((BUNDLE_FORMAT,)),
@@ -228,6 +253,7 @@ SCHEMA = Record({
         "torch_export_max_abs_diff": Number(0.0),
         "atol": Number(0.0, low_open=True),
         "batch_sizes": Record({"onnx": COUNT, "torch_export": COUNT, "traced": COUNT}),
+        "agreement": Nullable(AGREEMENT),  # null for an fp32 bundle
     }),
     "versions": StringMap(Text(max_length=256)),
     "export_seconds": Number(0.0),
@@ -289,6 +315,9 @@ def check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
         raise BundleError(f"{path}: field spec.depth must be "
                           f"{' or '.join(map(str, DEPTHS[spec['model']]))} for model "
                           f"{spec['model']!r}, got {spec['depth']}")
+    if (manifest["parity"]["agreement"] is None) != (spec["precision"] == "fp32"):
+        raise BundleError(f"{path}: field parity.agreement must be null exactly for an fp32 "
+                          f"bundle (spec.precision is {spec['precision']!r})")
     snapshot = manifest["snapshot"]
     if snapshot["nodes"] != spec["num_nodes"]:
         raise BundleError(f"{path}: field snapshot.nodes must equal spec.num_nodes "

@@ -71,7 +71,7 @@ from ncnc.core.errors import InputError
 from ncnc.core.ids import IdMap
 from ncnc.core.tables import as_polars
 from ncnc.scorer.bundle import BundleError, load_bundle
-from ncnc.scorer.engine import BatchScorer, OnnxHead
+from ncnc.scorer.engine import BatchScorer, load_head
 from ncnc.scorer.explain import refuse_unexplainable
 from ncnc.scorer.inputs import OnUnknown, PairInputs, iter_pair_batches, open_inputs
 from ncnc.scorer.job import (
@@ -340,7 +340,7 @@ def score_files_ray(bundle: Path | str, pairs: Sequence[Path | str], out: Path |
     # actor's traceback. The arrays are not kept (the driver scores nothing).
     checked = load_bundle(bundle, huge_pages=False, verify_key=verify_key)
     checked.check_arrays()
-    OnnxHead(checked.head_path, checked.spec, torch.device("cpu"), threads=1)
+    load_head(checked.head_path, checked.spec, torch.device("cpu"), threads=1)
     if explain is not None:
         refuse_unexplainable(checked.spec.model)
     id_map = checked.id_map

@@ -261,12 +261,32 @@ def evaluate(checkpoint: Path | None, bundle: Path | None, pos: Path | None, neg
               help="NCNC: score with at most N members of each completion set (the paper's "
                    "tstdeg; -1: no cap), recorded in the manifest. Default: the checkpoint's "
                    "test_cap (README: the cap curve).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "int8"]), default="fp32",
+              show_default=True,
+              help="Node tables and head: fp32; bf16 (bf16 tables, a torch bf16 head); int8 (bf16 "
+                   "tables, an onnxruntime int8 head calibrated on the validation pairs). A "
+                   "reduced precision must agree with fp32 (the thresholds below) or no bundle "
+                   "is written.")
+@click.option("--min-top100-overlap", type=click.FloatRange(0.0), default=0.99, show_default=True,
+              metavar="FRACTION",
+              help="Reduced precision: least overlap of the global top 100 with fp32's.")
+@click.option("--min-top20-overlap", type=click.FloatRange(0.0), default=0.97, show_default=True,
+              metavar="FRACTION",
+              help="Reduced precision: least mean per-source top-20 overlap with fp32's.")
+@click.option("--max-hits-delta", type=click.FloatRange(0.0), default=0.005, show_default=True,
+              metavar="FRACTION",
+              help="Reduced precision: largest |hits@100 - fp32's hits@100| on the validation "
+                   "pairs.")
 def export(checkpoint: Path, out: Path, edges: Path | None, features: Path | None,
-           nodes: Path | None, new_nodes: str, sign_key: Path | None, cap: int | None) -> None:
+           nodes: Path | None, new_nodes: str, sign_key: Path | None, cap: int | None,
+           precision: str, min_top100_overlap: float, min_top20_overlap: float,
+           max_hits_delta: float) -> None:
     """Export a checkpoint into a validated, self-contained scoring bundle."""
+    config = ncnc.ExportConfig(cap=cap, precision=precision, min_top100_overlap=min_top100_overlap,
+                               min_per_source_top20_overlap=min_top20_overlap,
+                               max_abs_delta_hits100=max_hits_delta)
     manifest = ncnc.export(checkpoint, out, edges, features=features, nodes=nodes,
-                           new_nodes=new_nodes, sign_key=sign_key,
-                           config=ncnc.ExportConfig(cap=cap))
+                           new_nodes=new_nodes, sign_key=sign_key, config=config)
     click.echo(json.dumps({"bundle": str(out), "snapshot": manifest["snapshot"],
                            "parity": manifest["parity"]}))
 

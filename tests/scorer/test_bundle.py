@@ -344,3 +344,16 @@ def test_the_ray_driver_refuses_bad_contents_before_any_actor(bundle_copy, tmp_p
     with pytest.raises(BundleError, match="table level0: row 5 holds nan"):
         score_files_ray(bundle_copy, [pairs], tmp_path / "out.parquet", progress=False)
     assert not (tmp_path / "out.parquet").exists()
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_a_bf16_table_holding_a_non_finite_value_is_refused_naming_its_row(bad):
+    from ncnc.scorer.bundle import _check_finite
+
+    table = torch.randn(70_000, 3).to(torch.bfloat16)  # two blocks of the check
+    table[66_000, 2] = bad
+    with pytest.raises(BundleError, match=f"row 66000 holds {bad} .column 2.; node tables must "
+                                          "be finite"):
+        _check_finite(table, "tables.safetensors: table level0")
+    table[66_000, 2] = 3.0e38  # the largest bf16 values are finite
+    _check_finite(table, "tables.safetensors: table level0")

@@ -1,4 +1,5 @@
-"""Bit-identical scores on CPU: across runs, batch sizes and input file splits, with capping on.
+"""Bit-identical scores on CPU: across runs, batch sizes and input file splits, with capping on,
+at every precision (fp32; bf16 tables and head; bf16 tables and an int8 head).
 
 The NCNC completion caps each difference set at the bundle's ``cap`` by a hash of
 (i, j, member, side, seed) (README, "Completion and capping"), not by a random draw, so a pair's
@@ -22,9 +23,8 @@ CAP = 3
 
 
 @pytest.fixture(scope="module")
-def capped_bundle(tmp_path_factory) -> Path:
-    """An NCNC bundle over a 400-node graph of mean degree 12, completion sets capped at 3."""
-    from ncnc.exporter import export_bundle
+def capped_checkpoint(tmp_path_factory) -> Path:
+    """An NCNC checkpoint over a 400-node graph of mean degree 12, completion sets capped at 3."""
     from ncnc.trainer.api import TrainRequest, train
     from ncnc.trainer.synthetic import community_graph
 
@@ -38,8 +38,20 @@ def capped_bundle(tmp_path_factory) -> Path:
         model_overrides={"hidden": 16, "test_cap": CAP, "cap_seed": 5},
         train_overrides={"epochs": 1, "batch_size": 256},
     ))
-    export_bundle(folder / "ck", folder / "bundle")
-    return folder / "bundle"
+    return folder / "ck"
+
+
+@pytest.fixture(scope="module", params=["fp32", "bf16", "int8"])
+def capped_bundle(request, capped_checkpoint, tmp_path_factory) -> Path:
+    """``capped_checkpoint`` exported at each precision (agreement thresholds off: a one-epoch
+    model's ranking is not what these tests are about)."""
+    from ncnc.exporter import ExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp(f"precision-{request.param}-") / "bundle"
+    export_bundle(capped_checkpoint, out, config=ExportConfig(
+        precision=request.param, min_top100_overlap=0.0, min_per_source_top20_overlap=0.0,
+        max_abs_delta_hits100=1.0, agreement_sources=50))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +76,11 @@ def pairs(scorer) -> pl.DataFrame:
     return pl.DataFrame({"src": ids.gather(index[:, 0]), "dst": ids.gather(index[:, 1])})
 
 
-def test_the_graph_really_caps(scorer):
+def test_the_graph_really_caps(scorer, capped_bundle):
     bundle, _ = scorer
     degrees = bundle.graph.indptr.diff()
     assert bundle.spec.cap == CAP and (degrees > 2 * CAP).float().mean() > 0.5
+    assert bundle.spec.precision == capped_bundle.parent.name.split("-")[1]
 
 
 def scores_of(scorer, files, tmp_path, name, batch_size) -> pl.Series:

@@ -30,7 +30,14 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from ncnc.scorer.bundle import load_bundle
-from ncnc.scorer.manifest import BUNDLE_FILES, MANIFEST, SCHEMA, SIGNATURE_FILE, seal
+from ncnc.scorer.manifest import (
+    BUNDLE_FILES,
+    FORMAT_VERSION,
+    MANIFEST,
+    SCHEMA,
+    SIGNATURE_FILE,
+    seal,
+)
 from tests.scorer.tampering import FUZZ, damaged, file_hashes, outcome, reseal
 
 pytest.importorskip("model_signing")
@@ -193,7 +200,7 @@ def manifest_like(data: Any) -> bytes:
         return json.dumps(data.draw(JSON_VALUES, label="json")).encode()
     names = st.sampled_from(sorted(SCHEMA.fields)) | st.text(max_size=8)
     fields = data.draw(st.dictionaries(names, JSON_VALUES, max_size=14), label="fields")
-    fields.update(format="ncnc-bundle", format_version=2)
+    fields.update(format="ncnc-bundle", format_version=FORMAT_VERSION)
     if data.draw(st.booleans(), label="sealed"):
         with contextlib.suppress(ValueError):  # NaN somewhere cannot be sealed: write it as is
             fields = seal(fields)

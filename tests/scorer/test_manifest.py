@@ -93,6 +93,10 @@ def test_a_hand_edited_manifest_is_refused_not_scored(bundle_copy, field, value,
     (lambda m: m.pop("spec"), "field spec is missing"),
     (set_field("surprise", 1), "the manifest holds an unknown field 'surprise'"),
     (set_field("parity.batch_sizes", None), "field parity.batch_sizes must be an object"),
+    (set_field("spec.precision", "fp16"), "field spec.precision must be one of 'fp32', 'bf16', "
+                                          "'int8', got \"fp16\""),
+    (lambda m: m["spec"].pop("precision"), "field spec.precision is missing"),
+    (set_field("parity.agreement", {}), "field parity.agreement.head is missing"),
 ])
 def test_a_malformed_manifest_is_refused_naming_the_field(bundle_copy, edit, match):
     # Resealed (the digest recomputed, as anyone can): the schema names the field.
@@ -108,7 +112,9 @@ def test_a_malformed_manifest_is_refused_naming_the_field(bundle_copy, edit, mat
     ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
     (b"\xff\xfe{}", "not valid JSON"),
     ('{"format": "ncnc-bundle", "format_version": 1}', "format version 1 is not supported .this "
-                                                        "ncnc reads version 2.; re-export"),
+                                                        "ncnc reads version 3.; re-export"),
+    # Regression name: a version 2 bundle (no spec.precision) must be re-exported, not guessed.
+    ('{"format": "ncnc-bundle", "format_version": 2}', "format version 2 is not supported"),
     ('{"format": "other"}', r'not an ncnc bundle \(format "other"\)'),
     ('{"format_version": 2}', "not an ncnc bundle .format null."),
     (" " * (MAX_MANIFEST_BYTES + 1), "larger than 1048576 bytes"),
@@ -120,11 +126,16 @@ def test_a_manifest_that_is_not_one_is_refused_in_one_line(bundle_copy, text, ma
     refused(bundle_copy, match)
 
 
+def shrink_nodes(manifest):
+    """299 nodes everywhere in the manifest (the snapshot section must agree with the spec)."""
+    manifest["spec"]["num_nodes"] = manifest["snapshot"]["nodes"] = 299
+    manifest["snapshot"]["known_nodes"] -= 1
+
+
 def test_consistency_with_the_files_is_checked(bundle_copy, tmp_path):
     # Resealed edits that the schema alone cannot see: the files disagree with the manifest.
     for edit, match in [
-        (set_field("spec.num_nodes", 299), "id_map.parquet: holds 300 ids, the manifest's "
-                                           "spec.num_nodes is 299"),
+        (shrink_nodes, "id_map.parquet: holds 300 ids, the manifest's spec.num_nodes is 299"),
         (set_field("spec.hidden", 8), r"'level0' has shape \[300, 16\], the manifest needs "
                                       r"\[300, 8\]"),
         (set_field("spec.depth", 2), r"holds tensors \['level0', 'level1', 'level2'\], expected "
@@ -134,6 +145,29 @@ def test_consistency_with_the_files_is_checked(bundle_copy, tmp_path):
         copy = copy_bundle(bundle_copy, tmp_path / f"b{len(list(tmp_path.iterdir()))}")
         reseal(copy, edit)
         refused(copy, match)
+
+
+def test_a_precision_that_disagrees_with_the_tables_or_the_agreement_is_refused(bundle_copy,
+                                                                               tmp_path):
+    # An fp32 bundle relabelled bf16: its F32 tables are refused naming spec.precision; the
+    # agreement figures must be present exactly when the precision is reduced.
+    relabelled = copy_bundle(bundle_copy, tmp_path / "bf16")
+    agreement = {"head": "onnxruntime-fp32", "pairs": 1, "validation_pairs": 1, "candidate_sources": 0,
+                 "max_abs_logit_diff": 0.0, "mean_abs_logit_diff": 0.0, "spearman": 1.0,
+                 "top100_overlap": 1.0, "per_source_top20_overlap": None, "hits100_fp32": 1.0,
+                 "delta_hits100": 0.0, "auc_fp32": 1.0, "delta_auc": 0.0,
+                 "thresholds": {"min_top100_overlap": 0.99, "min_per_source_top20_overlap": 0.97,
+                                "max_abs_delta_hits100": 0.005}}
+
+    def as_bf16(manifest):
+        manifest["spec"]["precision"] = "bf16"
+        manifest["parity"]["agreement"] = agreement
+
+    reseal(relabelled, as_bf16)
+    refused(relabelled, r"tables.safetensors: tensor 'level0' is of dtype 'F32', expected BF16, "
+                        r"as field spec.precision 'bf16' of .*manifest.json needs")
+    reseal(bundle_copy, set_field("parity.agreement", agreement))
+    refused(bundle_copy, "field parity.agreement must be null exactly for an fp32 bundle")
 
 
 def test_whitespace_and_key_order_leave_the_bundle_as_it_was(bundle_copy, bundle_dir):
