@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One prepared check for a session that has a GPU (H100 / H200), in one call of at most 9.5 minutes
-# (DEADLINE seconds, 570 by default; each step's timeout is cut to what is left):
+# One prepared check for a session that has a GPU (H100 / H200), in one call of at most 8 minutes
+# (DEADLINE seconds, 480 by default; each step's timeout is cut to what is left):
 #   1. the common-neighbour tests with CUDA present (Triton kernels against the references and the
 #      CPU twin, plus the interpreter and CPU tests; the compile check is left out: it needs no GPU
 #      and runs in `make test`),
@@ -27,8 +27,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 START=$SECONDS
-DEADLINE=${DEADLINE:-570}
-E2E_BUDGET=${E2E_BUDGET:-330}
+DEADLINE=${DEADLINE:-480}
+E2E_BUDGET=${E2E_BUDGET:-250}
 TEST_TIMEOUT=${TEST_TIMEOUT:-120}
 AUTOTUNE_TEST_TIMEOUT=${AUTOTUNE_TEST_TIMEOUT:-45}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}
