@@ -28,8 +28,9 @@ $(STAMP): pyproject.toml $(MODULES)
 demo: $(STAMP)
 	$(PY) examples/demo.py demo_output
 
+# Two workers, one per core; a test file stays on one worker (its module fixtures are built once).
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # ruff, and the layer contracts of pyproject.toml ([tool.importlinter]).
 lint: $(STAMP)
