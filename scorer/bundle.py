@@ -36,7 +36,6 @@ mapped, CUDA. The head is checked by the batch engine (:mod:`ncnc.scorer.engine`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -50,6 +49,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ncnc.core.errors import InputError
+from ncnc.core.files import file_sha256
 from ncnc.core.ids import IdMap
 from ncnc.scorer.manifest import (
     BUNDLE_FILES,
@@ -80,7 +80,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GRAPH_FILE", "HEAD_FILE", "ID_MAP_FILE", "MANIFEST", "PROGRAM_FILE", "SIGNATURE_FILE",
            "TABLES_FILE", "Bundle", "BundleError", "ScoringSpec", "is_bundle", "load_bundle",
-           "read_safetensors", "sha256", "write_arrays", "write_manifest"]
+           "read_safetensors", "write_arrays", "write_manifest"]
 
 
 @dataclass(frozen=True)
@@ -255,14 +255,6 @@ class Bundle:
         return self.path / PROGRAM_FILE
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_arrays(directory: Path, graph: CSRGraph, levels: list[Tensor], id_map: IdMap,
                  table_dtype: torch.dtype = torch.float32) -> None:
     """Write the graph, node tables (as ``table_dtype``: :attr:`ScoringSpec.table_dtype`) and id
@@ -286,7 +278,7 @@ def write_manifest(directory: Path, spec: ScoringSpec, extra: dict[str, Any], *,
         "format": BUNDLE_FORMAT,
         "format_version": FORMAT_VERSION,
         "spec": asdict(spec),
-        "files": {name: {"sha256": sha256(directory / name),
+        "files": {name: {"sha256": file_sha256(directory / name),
                          "bytes": (directory / name).stat().st_size} for name in BUNDLE_FILES},
         "signature": SIGNATURE_FILE if signed else None,
         **extra,
@@ -317,7 +309,7 @@ def verify_files(path: Path, manifest: dict[str, Any], *, hashes: bool = True) -
         if size != meta["bytes"]:
             raise BundleError(f"bundle {path}: {name} changed since export ({size} bytes, the "
                               f"manifest says {meta['bytes']}); re-export it")
-        if hashes and sha256(file) != meta["sha256"]:
+        if hashes and file_sha256(file) != meta["sha256"]:
             raise BundleError(
                 f"bundle {path}: {name} changed since export (sha256 mismatch); re-export it"
             )

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ncnc.core.files import OutputLock, Publication
+from ncnc.core.files import OutputLock, Publication, file_sha256
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 2  # 2: chunks carry their size and sha256
@@ -52,14 +52,6 @@ class Chunk:
     rows_scored: int
     bytes: int = 0
     sha256: str = ""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def job_fingerprint(files: Sequence[Path], options: Mapping[str, Any]) -> str:

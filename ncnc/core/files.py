@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import secrets
 import shutil
@@ -285,6 +286,15 @@ def _move_into_place(staged: Staged) -> None:
         if held is not None:
             os.close(held)
     _remove(aside)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 hex digest of a file's bytes, read 1 MiB at a time (bounded memory)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def refuse_replacing_foreign_folder(out: Path, kind: str, is_ours: Callable[[Path], bool]) -> None:
