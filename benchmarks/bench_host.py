@@ -36,7 +36,7 @@ import json, sys, time, torch
 import polars as pl
 from pathlib import Path
 from ncnc.core.ids import IdMap
-from ncnc.scorer.job import score_files
+from ncnc.scorer.job import prepare_host_path, score_files
 from ncnc.scorer.outputs import peak_rss_mib
 
 class ZeroScorer:
@@ -45,6 +45,7 @@ class ZeroScorer:
 
 torch.set_num_threads({threads})
 ids = IdMap.load(Path({id_map!r}))
+prepare_host_path(ids)  # what a Scorer does when it is made
 started = time.perf_counter()
 report = score_files(ZeroScorer(), ids, [{pairs!r}], Path({out!r}), progress=False, {options})
 seconds = time.perf_counter() - started  # the id map is loaded before: a bundle's cost

@@ -26,7 +26,13 @@ from ncnc.scorer.bundle import Bundle
 from ncnc.scorer.engine import BatchScorer
 from ncnc.scorer.explain import refuse_unexplainable
 from ncnc.scorer.inputs import OnUnknown
-from ncnc.scorer.job import DEFAULT_BATCH_SIZE, DEFAULT_RESUME_EVERY, score_files, score_table
+from ncnc.scorer.job import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_RESUME_EVERY,
+    prepare_host_path,
+    score_files,
+    score_table,
+)
 from ncnc.scorer.ranking import RunningTopK
 
 Table = TypeVar("Table")
@@ -45,6 +51,7 @@ class Scorer:
     def __init__(self, bundle: Bundle, engine: BatchScorer) -> None:
         self.bundle = bundle
         self.engine = engine
+        prepare_host_path(bundle.id_map)
 
     @property
     def device(self) -> torch.device:

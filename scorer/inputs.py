@@ -227,16 +227,17 @@ def node_pairs(frame: pl.DataFrame, id_map: IdMap, *, what: str, on_unknown: OnU
                          f" (columns present: {', '.join(frame.columns) or 'none'})")
     check_no_nulls(frame.select(PAIR_COLUMNS), what=what)
     # Element-wise work in numpy: tiny torch ops pay a thread-pool handoff (ms on a busy machine).
-    index, known = [], np.ones(frame.height, dtype=bool)
-    for column in PAIR_COLUMNS:
-        values, what_column = frame[column], f"{what} column {column}"
-        if on_unknown == "error":
-            index.append(id_map.to_index(values, what=what_column).numpy())
-        else:
-            idx, ok = id_map.lookup(values, what=what_column)
-            index.append(idx.numpy())
-            known &= ok.numpy()
-    pairs = np.stack(index, 1) if frame.height else np.zeros((0, 2), dtype=np.int64)
+    pairs = np.empty((frame.height, 2), dtype=np.int64)
+    for side, column in enumerate(PAIR_COLUMNS):
+        pairs[:, side] = id_map.indices(frame[column], what=f"{what} column {column}")
+    known = (pairs >= 0).all(axis=1)
     if known.all():
         return pairs, None
+    if on_unknown == "error":
+        for side, column in enumerate(PAIR_COLUMNS):
+            unknown = frame[column].filter(pl.Series(pairs[:, side] < 0)).unique(
+                maintain_order=True)
+            if unknown.len():
+                raise InputError(f"{what} column {column}: {unknown.len()} id(s) are not nodes "
+                                 f"of the graph: {examples(unknown)}")
     return pairs[known], known

@@ -14,10 +14,13 @@ the publication makes the result appear whole or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
 import resource
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,9 +28,8 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
+from polars.io.plugins import register_io_source
 
 from ncnc.core.ids import IdMap
 from ncnc.scorer.explain import BECAUSE, because_dtype
@@ -66,12 +68,10 @@ def with_scores(frame: pl.DataFrame, logits: torch.Tensor | np.ndarray, id_map: 
     # Not np.exp: its vectorised and scalar paths differ in the last bit, so a pair's prob
     # would depend on its place in the batch.
     prob = reproducible_sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32)
-    return frame.with_columns(
-        pl.col(c).cast(id_map.ids.dtype) for c in PAIR_COLUMNS
-    ).with_columns(
-        pl.Series("score", logits, dtype=pl.Float32),
-        pl.Series("prob", prob, dtype=pl.Float32),
-    )
+    casts = [pl.col(c).cast(id_map.ids.dtype) for c in PAIR_COLUMNS
+             if frame.schema[c] != id_map.ids.dtype]
+    return frame.with_columns(*casts, pl.Series("score", logits, dtype=pl.Float32),
+                              pl.Series("prob", prob, dtype=pl.Float32))
 
 
 @dataclass(frozen=True)
@@ -141,9 +141,12 @@ class OutputSpec:
 class ParquetRowWriter:
     """Append polars frames to one Parquet file (at a path a Publication staged).
 
-    Small frames are gathered into row groups of about ``row_group_rows`` rows. Leaving the
-    ``with`` block closes the file (its footer written); the caller's Publication then publishes
-    it, or removes it on failure.
+    The file is written by polars' streaming Parquet sink in a thread of its own, fed through a
+    bounded queue: :meth:`write` hands a frame over and returns, and the encoding and compression
+    (on polars' thread pool, across columns) overlap with whatever the caller does next. Row
+    groups hold ``row_group_rows`` rows (the last one fewer); zstd at level 1. Leaving the
+    ``with`` block waits for the file to be complete (its footer written); the caller's
+    Publication then publishes it, or removes it on failure.
 
     Example::
 
@@ -155,53 +158,87 @@ class ParquetRowWriter:
     """
 
     def __init__(self, path: Path, schema: pl.Schema | dict[str, pl.DataType], *,
-                 row_group_rows: int = 1 << 19, compression: str = "zstd") -> None:
+                 row_group_rows: int = 1 << 19, compression: str = "zstd",
+                 queued_frames: int = 4) -> None:
         self.path = Path(path)
         self.schema = pl.Schema(schema)
-        self.row_group_rows = row_group_rows
         self.rows_written = 0
-        self._pending: list[pl.DataFrame] = []
-        self._pending_rows = 0
-        arrow_schema = pl.DataFrame(schema=self.schema).to_arrow().schema
-        # No dictionary pages: on scores and ids they cost 2-4x the write time for no smaller file.
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
-            self.path, arrow_schema, compression=compression, use_dictionary=False)
+        self._frames: queue.Queue = queue.Queue(queued_frames)
+        self._error: BaseException | None = None
+        self._closed = False
+        sink = register_io_source(self._source, schema=self.schema)
+        self._thread = threading.Thread(
+            target=self._sink, name="ncnc-parquet-sink", daemon=True,
+            # Level 1, not polars' default 3: files as small within 1%, written 1.5x faster.
+            args=(sink, dict(compression=compression, compression_level=1,
+                             row_group_size=row_group_rows)))
+        self._thread.start()
 
     def __enter__(self) -> ParquetRowWriter:
         return self
+
+    def _source(self, with_columns: list[str] | None, predicate: Any, n_rows: int | None,
+                batch_size: int | None) -> Iterator[pl.DataFrame]:
+        """The frames handed to :meth:`write`, as polars' sink pulls them."""
+        while (frame := self._frames.get()) is not _CLOSE:
+            if frame is _ABANDON:
+                raise _Abandoned(f"{self.path}: the writing was abandoned")
+            yield frame if with_columns is None else frame.select(with_columns)
+
+    def _sink(self, sink: pl.LazyFrame, options: dict[str, Any]) -> None:
+        try:
+            sink.sink_parquet(self.path, **options)
+        except BaseException as error:  # handed to the caller's thread
+            self._error = error
+
+    def _hand_over(self, item: object) -> None:
+        while self._thread.is_alive():
+            try:
+                self._frames.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._error is not None and not isinstance(self._error, _Abandoned):
+            raise self._error
+        raise RuntimeError(f"{self.path}: the Parquet writer stopped")
 
     def write(self, frame: pl.DataFrame) -> None:
         """Append ``frame`` (columns and dtypes exactly as ``schema``)."""
         if frame.schema != self.schema:
             raise ValueError(f"frame schema {frame.schema} differs from the file's {self.schema}")
+        if self._closed:
+            raise ValueError(f"{self.path}: write() after the writer was closed")
         if frame.height == 0:
             return
-        self._pending.append(frame)
-        self._pending_rows += frame.height
-        if self._pending_rows >= self.row_group_rows:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        if self._writer is None:
-            raise ValueError(f"{self.path}: write() after the writer was closed")
-        table: pa.Table = pl.concat(self._pending, rechunk=False).to_arrow()
-        # One row group per flush, except that a single huge frame is cut into several.
-        self._writer.write_table(table, row_group_size=2 * self.row_group_rows)
-        self.rows_written += table.num_rows
-        self._pending, self._pending_rows = [], 0
+        self._hand_over(frame)
+        self.rows_written += frame.height
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._writer is None:
+        if self._closed:
             return
-        try:
-            if exc_type is None:
-                self._flush()
-        finally:
-            writer, self._writer = self._writer, None
-            writer.close()
+        self._closed = True
+        if exc_type is not None:
+            # Stop the sink without waiting on a full queue; the staged file is removed anyway.
+            with contextlib.suppress(BaseException):
+                self._hand_over(_ABANDON)
+            self._thread.join()
+            return
+        self._hand_over(_CLOSE)
+        self._thread.join()
+        if self._error is not None:
+            self._raise_failure()
+
+
+_CLOSE = object()  # the end of a writer's frames
+_ABANDON = object()  # a writer's caller failed: the sink stops with an error
+
+
+class _Abandoned(Exception):
+    """Raised inside polars' sink when the writer's caller failed."""
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:

@@ -79,6 +79,7 @@ from ncnc.scorer.job import (
     JobCounts,
     ScoringJob,
     check_options,
+    prepare_host_path,
     publish_job,
     score_table,
 )
@@ -157,6 +158,7 @@ def _load(bundle: str | Path, device: str, threads: int | None, *,
     if checksum is not None and loaded.checksum != checksum:
         raise BundleError(f"bundle {bundle}: changed since the driver verified it (manifest "
                           f"digest {loaded.checksum}, verified {checksum})")
+    prepare_host_path(loaded.id_map)
     return BatchScorer(loaded, device, threads=threads), loaded.id_map
 
 

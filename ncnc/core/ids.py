@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 import polars as pl
 import torch
@@ -87,26 +88,37 @@ class IdMap:
             InputError: the values are of the other id kind, or some are not in the map (the message
                 gives how many distinct ids are unknown and the first few).
         """
-        index, known = self.lookup(values, what=what)
-        if not known.numpy().all():
-            unknown = values.filter(pl.Series(~known.numpy())).unique(maintain_order=True)
+        index = self.indices(values, what=what)
+        if (index < 0).any():
+            unknown = values.filter(pl.Series(index < 0)).unique(maintain_order=True)
             raise InputError(
                 f"{what}: {unknown.len()} id(s) are not nodes of the graph: {examples(unknown)}"
             )
-        return index
+        return torch.from_numpy(index)
 
     def lookup(self, values: pl.Series, *, what: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Map original ids to node indices without raising on unknown ids.
 
-        Dense integer ids (spanning at most 8x their count) take one array gather; other ids a
-        hash index built on first use (open addressing, compiled): the cost per call grows with
-        ``len(values)`` only, not with the size of the graph, and batch jobs call it per batch.
-        Integers outside the Int64 range (uint64 above 2^63 - 1) are unknown ids, like any
-        other id that is not a node.
-
         Returns:
             ``(index, known)``: int64 and bool tensors of the same length as ``values``; ``index``
             is -1 where ``known`` is False (an id that is not a node, or a null).
+
+        Raises:
+            InputError: the values are of the other id kind (``what`` names the input).
+        """
+        index = self.indices(values, what=what)
+        # numpy, not torch, for the element-wise work: tiny torch ops pay a thread-pool handoff.
+        return torch.from_numpy(index), torch.from_numpy(index >= 0)
+
+    def indices(self, values: pl.Series, *, what: str) -> np.ndarray:
+        """The node index of each of ``values`` as an int64 array, -1 where it is no node (or
+        null): the work of :meth:`lookup`, which batch jobs call per batch.
+
+        Dense integer ids (spanning at most 8x their count) take one compiled pass of array
+        lookups; other ids a hash index (open addressing, compiled). Both are built once
+        (:meth:`build_index`, or the first call), so the cost per call grows with
+        ``len(values)`` only, not with the size of the graph. Integers outside the Int64 range
+        (uint64 above 2^63 - 1) are unknown ids, like any other id that is not a node.
 
         Raises:
             InputError: the values are of the other id kind (``what`` names the input).
@@ -121,15 +133,20 @@ class IdMap:
             )
         values, valid = _canonical(values, self.ids.dtype)
         dense = self._dense_table()
-        if dense is not None:
-            low, table = dense
-            raw = values.to_numpy()
-            inside = valid & (raw >= low) & (raw <= low + table.size - 1)  # no overflow: ids
-            index = np.where(inside, table[np.where(inside, raw - low, 0)], -1).astype(np.int64)
-        else:
-            index = self._hash_index().find(values, valid)
-        # numpy, not torch, for the element-wise work: tiny torch ops pay a thread-pool handoff.
-        return torch.from_numpy(index), torch.from_numpy(index >= 0)
+        if dense is None:
+            return self._hash_index().find(values, valid)
+        low, table = dense
+        index = np.empty(values.len(), dtype=np.int64)
+        _dense_find(table, np.int64(low), values.to_numpy(), index)
+        if valid is not None:
+            index[~valid] = -1
+        return index
+
+    def build_index(self) -> None:
+        """Build the lookup structure of :meth:`lookup` now (else its first call does): a job
+        builds it before its first batch, so that no batch pays it."""
+        if self._dense_table() is None:
+            self._hash_index()
 
     def _hash_index(self) -> _HashIndex:
         if not hasattr(self, "_hashed"):
@@ -201,9 +218,22 @@ class IdMap:
 _INT64_MAX = 2**63 - 1
 
 
-def _canonical(values: pl.Series, dtype: pl.DataType) -> tuple[pl.Series, np.ndarray]:
+@numba.njit(nogil=True, cache=True)
+def _dense_find(table, low, values, out) -> None:
+    """``out[i] = table[values[i] - low]``, -1 outside the table: one pass, no temporaries."""
+    size = np.uint64(table.size)
+    for i in range(values.size):
+        # Wrapping subtraction: exactly the ids in [low, low + size) land in [0, size).
+        offset = np.uint64(values[i]) - np.uint64(low)
+        out[i] = table[offset] if offset < size else -1
+
+
+def _canonical(values: pl.Series, dtype: pl.DataType) -> tuple[pl.Series, np.ndarray | None]:
     """``values`` in the map's dtype (Int64 or String) with nulls filled, and a bool array of
-    the entries that can be ids at all (not null; for integers, inside the Int64 range)."""
+    the entries that can be ids at all (not null; for integers, inside the Int64 range), or
+    None when all can (the common case, checked without a pass over the values)."""
+    if values.dtype == dtype and not values.null_count():
+        return values, None
     valid = ~values.is_null().to_numpy()
     if dtype == pl.Int64 and values.dtype == pl.UInt64:
         inside = (values <= _INT64_MAX).fill_null(False).to_numpy()
@@ -236,8 +266,8 @@ class _HashIndex:
             return values.hash(seed=0).to_numpy()
         return values.to_numpy().view(np.uint64)
 
-    def find(self, values: pl.Series, valid: np.ndarray) -> np.ndarray:
-        """Node indices of ``values`` (-1 where unknown or not ``valid``)."""
+    def find(self, values: pl.Series, valid: np.ndarray | None) -> np.ndarray:
+        """Node indices of ``values`` (-1 where unknown or not ``valid``; None: all valid)."""
         if len(self.ids) == 0:
             return np.full(values.len(), -1, dtype=np.int64)
         if not self.usable:
@@ -245,15 +275,19 @@ class _HashIndex:
         index = self.table.find(self._keys(values), valid)
         if self.strings:
             hit = index >= 0
-            same = (self.ids.gather(np.where(hit, index, 0)) == values).to_numpy()
-            index[hit & ~same] = -1
+            every = bool(hit.all())
+            same = (self.ids.gather(index if every else np.where(hit, index, 0)) == values
+                    ).to_numpy()
+            index[~same if every else hit & ~same] = -1
         return index
 
-    def _search(self, values: pl.Series, valid: np.ndarray) -> np.ndarray:
+    def _search(self, values: pl.Series, valid: np.ndarray | None) -> np.ndarray:
         ids = self.ids if self.sorted else self.ids.sort()
         order = None if self.sorted else self.ids.arg_sort().to_numpy()
         position = ids.search_sorted(values).clip(upper_bound=len(ids) - 1).to_numpy().astype(
             np.int64)
-        found = valid & (ids.gather(position) == values).to_numpy()
+        found = (ids.gather(position) == values).to_numpy()
+        if valid is not None:
+            found &= valid
         index = np.where(found, position if order is None else order[position], -1)
         return index.astype(np.int64)

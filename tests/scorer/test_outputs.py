@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
@@ -26,7 +28,9 @@ def test_writer_writes_all_frames_in_row_groups(tmp_path):
         publication.publish()
     assert pl.read_parquet(out).equals(pl.concat(frames))
     assert writer.rows_written == 50
-    assert pq.ParquetFile(out).metadata.num_row_groups == 4  # 15 + 15 + 15 + 5 rows
+    metadata = pq.ParquetFile(out).metadata
+    assert [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)] == [
+        12, 12, 12, 12, 2]
     assert [p.name for p in out.parent.iterdir()] == ["out.parquet"]
 
 
@@ -66,3 +70,24 @@ def test_scores_are_added_with_the_graph_id_dtype():
     assert scored["prob"].to_list() == pytest.approx([0.5, 1 / (1 + np.exp(-2.0))])
     with pytest.raises(RuntimeError, match="returned 1 logits for 2 pairs"):
         with_scores(frame, np.array([0.0]), ids)
+
+
+def test_a_failing_sink_is_raised_in_the_writers_thread(tmp_path):
+    """polars' sink runs in a thread of its own: its error (here a folder where the file should
+    be) reaches the caller by the end of the ``with`` block at the latest."""
+    out = tmp_path / "out.parquet"
+    out.mkdir()
+    with pytest.raises(Exception, match="out.parquet|directory"):
+        with ParquetRowWriter(out, SCHEMA) as writer:
+            for k in range(100):
+                writer.write(pl.DataFrame({"a": [k], "b": ["x"]}))
+
+
+def test_a_writer_abandoned_on_error_stops_its_thread(tmp_path):
+    with pytest.raises(RuntimeError, match="boom"):
+        with ParquetRowWriter(tmp_path / "out.parquet", SCHEMA) as writer:
+            writer.write(pl.DataFrame({"a": [1], "b": ["x"]}))
+            raise RuntimeError("boom")
+    assert not [t for t in threading.enumerate() if t.name == "ncnc-parquet-sink"]
+    with pytest.raises(ValueError, match="after the writer was closed"):
+        writer.write(pl.DataFrame({"a": [1], "b": ["x"]}))
