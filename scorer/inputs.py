@@ -196,12 +196,14 @@ def iter_pair_batches(files: Sequence[Path], batch_size: int, *, start_row: int 
                              f"{row_counts[index]} its footer lists (the file is damaged)")
 
 
-def check_no_nulls(frame: pl.DataFrame, *, what: str, first_row: int = 0) -> None:
+def check_no_nulls(frame: pl.DataFrame, *, what: str, first_row: int = 0,
+                   columns: Sequence[str] | None = None) -> None:
     """Raise :class:`InputError` naming the first column with nulls and its first null rows.
 
-    ``first_row`` is the number of the frame's first row in the input ``what`` names.
+    ``first_row`` is the number of the frame's first row in the input ``what`` names;
+    ``columns``: the columns to check (default all).
     """
-    for name in frame.columns:
+    for name in frame.columns if columns is None else columns:
         if frame[name].null_count():
             rows = frame[name].is_null().arg_true() + first_row
             raise InputError(
@@ -225,14 +227,14 @@ def node_pairs(frame: pl.DataFrame, id_map: IdMap, *, what: str, on_unknown: OnU
     if missing:
         raise InputError(f"{what}: missing column(s) {', '.join(missing)}"
                          f" (columns present: {', '.join(frame.columns) or 'none'})")
-    check_no_nulls(frame.select(PAIR_COLUMNS), what=what)
+    check_no_nulls(frame, what=what, columns=PAIR_COLUMNS)
     # Element-wise work in numpy: tiny torch ops pay a thread-pool handoff (ms on a busy machine).
     pairs = np.empty((frame.height, 2), dtype=np.int64)
     for side, column in enumerate(PAIR_COLUMNS):
         pairs[:, side] = id_map.indices(frame[column], what=f"{what} column {column}")
-    known = (pairs >= 0).all(axis=1)
-    if known.all():
+    if not pairs.size or pairs.min() >= 0:  # one pass, no mask: every id is known
         return pairs, None
+    known = (pairs >= 0).all(axis=1)
     if on_unknown == "error":
         for side, column in enumerate(PAIR_COLUMNS):
             unknown = frame[column].filter(pl.Series(pairs[:, side] < 0)).unique(

@@ -240,8 +240,8 @@ class ScoringJob:
             for batch in batches:
                 frame = batch.frame
                 if top is not None:
-                    frame = frame.with_columns(pl.int_range(
-                        batch.row, batch.row + frame.height, dtype=pl.Int64).alias(ROW))
+                    frame = frame.hstack([pl.Series(ROW, np.arange(
+                        batch.row, batch.row + frame.height, dtype=np.int64))])
                 pairs, known = node_pairs(frame, id_map, what=batch.what,
                                           on_unknown=self.on_unknown)
                 yield batch, frame if known is None else frame.filter(pl.Series(known)), pairs
@@ -254,7 +254,7 @@ class ScoringJob:
             if self.bar is not None:
                 self.bar.update(batch.frame.height)
             if top is not None and per_source:
-                frame = frame.with_columns(pl.Series(GROUP, pairs[:, 0], dtype=pl.Int64))
+                frame = frame.hstack([pl.Series(GROUP, pairs[:, 0], dtype=pl.Int64)])
             return frame
 
         def kept_or_written(frame: pl.DataFrame) -> None:
