@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ncnc.core.errors import InputError
 from ncnc.core.ids import IdMap
@@ -88,3 +90,21 @@ def test_uint64_ids_within_int64_map_as_usual():
 def test_type_errors_name_example_values(values, match):
     with pytest.raises(InputError, match=match):
         IdMap.from_ids(range(3)).lookup(values, what="pairs column src")
+
+
+INT64 = st.integers(-2**63, 2**63 - 1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(low=INT64, size=st.integers(1, 64), data=st.data())
+def test_dense_lookup_wraps_no_id_into_the_table(low, size, data):
+    """The dense table's one-pass lookup subtracts the smallest id with wrap-around; whatever
+    the ids' place in the Int64 range (its ends included), exactly the map's ids are found."""
+    low = min(low, 2**63 - size)  # the ids low .. low + size - 1 are all Int64
+    ids = IdMap.from_ids(range(low, low + size))
+    near = st.integers(max(-2**63, low - 3), min(2**63 - 1, low + size + 2))
+    queries = data.draw(st.lists(st.one_of(INT64, near, st.none()), max_size=40))
+    index, known = ids.lookup(pl.Series(queries, dtype=pl.Int64), what="q")
+    expected = [q - low if q is not None and low <= q < low + size else -1 for q in queries]
+    assert index.tolist() == expected
+    assert known.tolist() == [e >= 0 for e in expected]
