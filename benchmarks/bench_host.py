@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -95,6 +96,9 @@ def make_inputs(folder: Path, nodes: int, pairs: int, seed: int) -> dict[str, tu
 
 
 def run(code: str) -> dict:
+    # Each run starts with no dirty pages of the previous one left to write back: the floors
+    # never flush theirs, and the kernel would write them while the next run works.
+    os.sync()
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                           text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
