@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ncnc.core.errors import InputError, examples
-from ncnc.trainer.config import ModelConfig, RunConfig, TrainConfig
+from ncnc.trainer.config import RunConfig, run_config_from_json
 from ncnc.trainer.data import IdMap
 from ncnc.trainer.model import LinkPredictionModel
 from ncnc.trainer.splits import EdgeSplit
@@ -98,6 +98,9 @@ def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> Chec
         meta = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
         raise InputError(f"{config_path} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise InputError(f"{config_path}: not an ncnc checkpoint (a JSON "
+                         f"{type(meta).__name__}, not an object)")
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{config_path}: not an ncnc checkpoint (format {meta.get('format')!r})")
     if meta.get("version") != CHECKPOINT_VERSION:
@@ -105,17 +108,29 @@ def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> Chec
             f"{config_path}: checkpoint version {meta.get('version')} is not supported "
             f"(this ncnc reads version {CHECKPOINT_VERSION})"
         )
-    config = RunConfig(ModelConfig(**meta["model"]), TrainConfig(**meta["train"]))
-    model = LinkPredictionModel(config.model)
-    weights = load_file(str(directory / "model.safetensors"))
-    _check_finite(weights, directory / "model.safetensors")
-    model.load_state_dict(weights)
+    config = run_config_from_json(meta, str(config_path))
+    try:
+        model = LinkPredictionModel(config.model)
+    except (ValueError, TypeError, KeyError) as err:  # e.g. an unknown model or encoder kind
+        raise InputError(f"{config_path}: the model settings describe no model ncnc builds "
+                         f"({err})") from err
+    weights_path = directory / "model.safetensors"
+    weights = _load_tensors(weights_path)
+    _check_finite(weights, weights_path)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:  # missing, unexpected or misshapen tensors
+        reason = str(err).strip().splitlines()
+        raise InputError(f"{weights_path}: the weights do not fit the model config.json "
+                         f"describes ({' '.join(line.strip() for line in reason[:2])})") from err
     model.to(device).eval()
     features_path = directory / "features.safetensors"
     features = None
     if features_path.exists():
-        tables = load_file(str(features_path))
+        tables = _load_tensors(features_path)
         _check_finite(tables, features_path)
+        if "x" not in tables:
+            raise InputError(f"{features_path}: holds no tensor x (has {examples(list(tables))})")
         features = tables["x"].to(device)
     return Checkpoint(
         model=model,
@@ -125,6 +140,18 @@ def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> Chec
         split=EdgeSplit.load(directory / "split.parquet"),
         summary=meta.get("summary", {}),
     )
+
+
+def _load_tensors(path: Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors file, or a one-line InputError naming it."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (the checkpoint is incomplete)")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own SafetensorError, OSError, ...
+        text = str(err).strip()
+        raise InputError(f"{path}: cannot be read as safetensors "
+                         f"({text.splitlines()[0] if text else type(err).__name__})") from err
 
 
 def _check_finite(tensors: dict[str, Tensor], path: Path) -> None:

@@ -132,6 +132,8 @@ def _apply(section: Any, overrides: dict[str, Any], where: str) -> Any:
     typed = {}
     for name, value in overrides.items():
         default = getattr(section, name)
+        if isinstance(default, str) and not isinstance(value, str):
+            raise InputError(f"{where}: {name} must be a string, got {value!r}")
         if isinstance(default, bool) and not isinstance(value, bool):
             raise InputError(f"{where}: {name} must be true or false, got {value!r}")
         if isinstance(default, (int, float)) and not isinstance(default, bool):
@@ -142,6 +144,24 @@ def _apply(section: Any, overrides: dict[str, Any], where: str) -> Any:
                 raise InputError(f"{where}: {name} must be a finite number, got {value!r}")
         typed[name] = value
     return dataclasses.replace(section, **typed)
+
+
+def run_config_from_json(document: Any, where: str) -> RunConfig:
+    """The :class:`RunConfig` a checkpoint's ``config.json`` holds (its ``model`` and ``train``
+    objects), every setting checked as a config file's are.
+
+    Raises:
+        InputError: a section is missing or not an object, a setting is unknown or of the wrong
+            type (``where`` names the file).
+    """
+    sections = {}
+    for name in ("model", "train"):
+        section = document.get(name) if isinstance(document, dict) else None
+        if not isinstance(section, dict):
+            raise InputError(f"{where}: {name} must be an object of settings, got {section!r}")
+        sections[name] = section
+    return RunConfig(_apply(ModelConfig(), sections["model"], f"{where} model"),
+                     _apply(TrainConfig(), sections["train"], f"{where} train"))
 
 
 def load_toml(path: Path) -> dict[str, dict[str, Any]]:

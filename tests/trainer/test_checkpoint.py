@@ -54,3 +54,60 @@ def test_a_checkpoint_with_nan_weights_is_refused(tmp_path):
     with pytest.raises(InputError, match=r"model.safetensors: tensor\(s\) 'encoder.embedding.weight' "
                                          r"hold NaN or infinite values"):
         load_checkpoint(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def saved_ncn(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ncn_checkpoint")
+    run = small_run("ncn", seed=0, features=False, epochs=1)
+    save_checkpoint(folder, run.result.model, run.config, None, IdMap.from_ids(range(300)),
+                    run.split, {})
+    return folder
+
+
+def edited_copy(saved, tmp_path, edit):
+    import shutil
+
+    folder = tmp_path / "ck"
+    shutil.copytree(saved, folder)
+    meta = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(edit(meta)))
+    return folder
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda meta: [meta], "a JSON list, not an object"),
+    (lambda meta: {**meta, "model": "ncn"}, "model must be an object of settings, got 'ncn'"),
+    (lambda meta: {k: v for k, v in meta.items() if k != "train"},
+     "train must be an object of settings, got None"),
+    (lambda meta: {**meta, "model": {**meta["model"], "hidden": "wide"}},
+     "model: hidden must be a number, got 'wide'"),
+    (lambda meta: {**meta, "model": {**meta["model"], "jk": 1}}, "jk must be true or false"),
+    (lambda meta: {**meta, "model": {**meta["model"], "encoder": 3}},
+     "encoder must be a string, got 3"),
+    (lambda meta: {**meta, "model": {**meta["model"], "layers": 3}}, r"unknown setting\(s\)"),
+    (lambda meta: {**meta, "model": {**meta["model"], "hidden": 17}},
+     "the weights do not fit the model config.json describes"),
+])
+def test_a_checkpoint_config_of_wrong_shape_is_one_line_input_error(saved_ncn, tmp_path, edit,
+                                                                   match):
+    # Regression: config.json with settings of the wrong type or shape raised tracebacks
+    # (TypeError, AttributeError, RuntimeError) from deep inside the model.
+    folder = edited_copy(saved_ncn, tmp_path, edit)
+    with pytest.raises(InputError, match=match) as caught:
+        load_checkpoint(folder)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "config.json" in message or "model.safetensors" in message
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda path: path.unlink(), "no such file"),
+    (lambda path: path.write_bytes(b"not a safetensors file"), "cannot be read as safetensors"),
+])
+def test_damaged_or_missing_weights_are_one_line_input_error(saved_ncn, tmp_path, damage, match):
+    folder = edited_copy(saved_ncn, tmp_path, lambda meta: meta)
+    damage(folder / "model.safetensors")
+    with pytest.raises(InputError, match=match) as caught:
+        load_checkpoint(folder)
+    assert "\n" not in str(caught.value) and "model.safetensors" in str(caught.value)
