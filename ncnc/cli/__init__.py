@@ -287,8 +287,8 @@ def export(checkpoint: Path, out: Path, edges: Path | None, features: Path | Non
                                max_abs_delta_hits100=max_hits_delta)
     manifest = ncnc.export(checkpoint, out, edges, features=features, nodes=nodes,
                            new_nodes=new_nodes, sign_key=sign_key, config=config)
-    click.echo(json.dumps({"bundle": str(out), "snapshot": manifest["snapshot"],
-                           "parity": manifest["parity"]}))
+    click.echo(strict_json({"bundle": str(out), "snapshot": manifest["snapshot"],
+                            "parity": manifest["parity"]}))
 
 
 @cli.command(context_settings={"show_default": True})
@@ -361,7 +361,7 @@ def score(bundle: Path, pairs: tuple[str, ...], more_pairs: tuple[str, ...], out
                                                                        memo_mib=memo_mib)
         result = scorer.score_parquet([*pairs, *more_pairs], out, resume=resume,
                                       resume_every=resume_every, **options)
-    click.echo(json.dumps(result))
+    click.echo(strict_json(result))
 
 
 @cli.command()
@@ -386,7 +386,7 @@ def candidates(bundle: Path, out: Path, nodes: Path | None, both_directions: boo
                max_per_node: int | None, common_neighbors: bool, verify_key: Path | None,
                quiet: bool) -> None:
     """Write the non-adjacent node pairs two hops apart (the pairs worth scoring)."""
-    click.echo(json.dumps(ncnc.candidates(
+    click.echo(strict_json(ncnc.candidates(
         bundle, out, nodes=nodes, both_directions=both_directions, max_per_node=max_per_node,
         common_neighbors=common_neighbors, progress=not quiet, verify_key=verify_key,
     )))
