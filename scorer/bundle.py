@@ -48,7 +48,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ncnc.core.errors import InputError
+from ncnc.core.errors import InputError, first_line
 from ncnc.core.files import file_sha256
 from ncnc.core.ids import IdMap
 from ncnc.scorer.manifest import (
@@ -65,7 +65,6 @@ from ncnc.scorer.manifest import (
     TABLES_FILE,
     BundleError,
     check_manifest,
-    first_line,
     is_bundle,
     parse_manifest,
     seal,

@@ -20,10 +20,10 @@ import torch
 from torch import Tensor
 
 from ncnc.core.device import resolve_device
+from ncnc.core.errors import first_line
 from ncnc.core.hashing import KeyTable
 from ncnc.scorer.bundle import Bundle, BundleError, ScoringSpec
 from ncnc.scorer.explain import Reasons, explain_pairs, refuse_unexplainable
-from ncnc.scorer.manifest import first_line
 from ncnc.scorer.torch_head import TorchHead, native_bf16
 from ncnc.triton_kernels.pair_scoring import pair_logits
 

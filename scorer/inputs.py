@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from ncnc.core.errors import InputError, examples
-from ncnc.core.ids import IdMap, id_kind
+from ncnc.core.ids import IdMap, id_kind, refuse_unknown
 from ncnc.core.tables import iter_parquet_batches, parquet_schema
 
 PAIR_COLUMNS = ("src", "dst")
@@ -237,9 +237,5 @@ def node_pairs(frame: pl.DataFrame, id_map: IdMap, *, what: str, on_unknown: OnU
     known = (pairs >= 0).all(axis=1)
     if on_unknown == "error":
         for side, column in enumerate(PAIR_COLUMNS):
-            unknown = frame[column].filter(pl.Series(pairs[:, side] < 0)).unique(
-                maintain_order=True)
-            if unknown.len():
-                raise InputError(f"{what} column {column}: {unknown.len()} id(s) are not nodes "
-                                 f"of the graph: {examples(unknown)}")
+            refuse_unknown(frame[column], pairs[:, side], what=f"{what} column {column}")
     return pairs[known], known

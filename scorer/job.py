@@ -128,13 +128,13 @@ def score_table(scorer: PairScorer, id_map: IdMap, frame: pl.DataFrame, *, what:
 
 def prepare_host_path(id_map: IdMap) -> None:
     """Build what every batch of a job uses before the first batch needs it: the id map's index
-    (:meth:`IdMap.build_index`) and the compiled sigmoid of :func:`with_scores`, whose first
+    (its first lookup builds it) and the compiled sigmoid of :func:`with_scores`, whose first
     call loads numba's runtime (about 0.6 s, during which the pipeline's threads would wait).
     A scorer calls it once when it is made (:class:`ncnc.scorer.Scorer`, each Ray actor)."""
-    id_map.build_index()
-    id_map.indices(id_map.ids.head(1), what="the id map")
-    with_scores(pl.DataFrame({"src": id_map.ids.head(1), "dst": id_map.ids.head(1)}),
-                np.zeros(min(len(id_map), 1), dtype=np.float32), id_map)
+    first = id_map.ids.head(1)
+    id_map.indices(first, what="the id map")
+    with_scores(pl.DataFrame({"src": first, "dst": first}),
+                np.zeros(first.len(), dtype=np.float32), id_map)
 
 
 _DONE = object()  # the end of a pipeline stage's stream

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ncnc.core.errors import InputError
+from ncnc.core.errors import InputError, first_line
 
 BUNDLE_FORMAT = "ncnc-bundle"
 FORMAT_VERSION = 3  # 2: manifest_sha256, signature, a closed schema; 3: spec.precision, parity.agreement
@@ -50,12 +50,6 @@ INT64_MAX = (1 << 63) - 1
 
 class BundleError(InputError):
     """The bundle is missing, changed since export, malformed, or of an unknown format."""
-
-
-def first_line(err: BaseException) -> str:
-    """An exception's message cut to its first line (libraries' messages may hold tracebacks)."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

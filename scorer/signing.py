@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ncnc.core.errors import InputError
+from ncnc.core.errors import InputError, first_line
 from ncnc.core.extras import require
-from ncnc.scorer.manifest import SIGNATURE_FILE, BundleError, first_line
+from ncnc.scorer.manifest import SIGNATURE_FILE, BundleError
 
 CURVES = ("secp256r1", "secp384r1", "secp521r1")  # what model-signing's key signer accepts
 

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ncnc.core.errors import first_line
 from ncnc.scorer.bundle import BundleError, ScoringSpec
-from ncnc.scorer.manifest import first_line
 
 HEAD_BLOCK = 4096  # rows per head evaluation: the same kernel shapes for every batch
 

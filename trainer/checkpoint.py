@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ncnc.core.errors import InputError, examples
+from ncnc.core.errors import InputError, examples, first_line
 from ncnc.trainer.config import RunConfig, run_config_from_json
 from ncnc.trainer.data import IdMap
 from ncnc.trainer.model import LinkPredictionModel
@@ -149,9 +149,7 @@ def _load_tensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises its own SafetensorError, OSError, ...
-        text = str(err).strip()
-        raise InputError(f"{path}: cannot be read as safetensors "
-                         f"({text.splitlines()[0] if text else type(err).__name__})") from err
+        raise InputError(f"{path}: cannot be read as safetensors ({first_line(err)})") from err
 
 
 def _check_finite(tensors: dict[str, Tensor], path: Path) -> None:

@@ -22,6 +22,13 @@ def examples(values: Iterable[object]) -> str:
     return shown + (", ..." if len(values) > EXAMPLES else "")
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first line (libraries' messages may hold tracebacks),
+    or its type's name when it has none: the reason quoted in a one-line error."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class InputError(Exception):
     """The user's input is wrong (file, column, value, flag). The message names what and where."""
 

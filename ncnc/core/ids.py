@@ -89,11 +89,7 @@ class IdMap:
                 gives how many distinct ids are unknown and the first few).
         """
         index = self.indices(values, what=what)
-        if (index < 0).any():
-            unknown = values.filter(pl.Series(index < 0)).unique(maintain_order=True)
-            raise InputError(
-                f"{what}: {unknown.len()} id(s) are not nodes of the graph: {examples(unknown)}"
-            )
+        refuse_unknown(values, index, what=what)
         return torch.from_numpy(index)
 
     def lookup(self, values: pl.Series, *, what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +112,7 @@ class IdMap:
 
         Dense integer ids (spanning at most 8x their count) take one compiled pass of array
         lookups; other ids a hash index (open addressing, compiled). Both are built once
-        (:meth:`build_index`, or the first call), so the cost per call grows with
+        (by the first call), so the cost per call grows with
         ``len(values)`` only, not with the size of the graph. Integers outside the Int64 range
         (uint64 above 2^63 - 1) are unknown ids, like any other id that is not a node.
 
@@ -141,12 +137,6 @@ class IdMap:
         if valid is not None:
             index[~valid] = -1
         return index
-
-    def build_index(self) -> None:
-        """Build the lookup structure of :meth:`lookup` now (else its first call does): a job
-        builds it before its first batch, so that no batch pays it."""
-        if self._dense_table() is None:
-            self._hash_index()
 
     def _hash_index(self) -> _HashIndex:
         if not hasattr(self, "_hashed"):
@@ -215,6 +205,16 @@ class IdMap:
         return cls(ids)
 
 
+def refuse_unknown(values: pl.Series, index: np.ndarray, *, what: str) -> None:
+    """Raise :class:`InputError` when ``index`` (from :meth:`IdMap.indices` of ``values``) holds
+    an id that is no node: how many distinct ones, and the first few."""
+    if (index < 0).any():
+        unknown = values.filter(pl.Series(index < 0)).unique(maintain_order=True)
+        raise InputError(
+            f"{what}: {unknown.len()} id(s) are not nodes of the graph: {examples(unknown)}"
+        )
+
+
 _INT64_MAX = 2**63 - 1
 
 
@@ -275,10 +275,8 @@ class _HashIndex:
         index = self.table.find(self._keys(values), valid)
         if self.strings:
             hit = index >= 0
-            every = bool(hit.all())
-            same = (self.ids.gather(index if every else np.where(hit, index, 0)) == values
-                    ).to_numpy()
-            index[~same if every else hit & ~same] = -1
+            same = (self.ids.gather(np.where(hit, index, 0)) == values).to_numpy()
+            index[hit & ~same] = -1
         return index
 
     def _search(self, values: pl.Series, valid: np.ndarray | None) -> np.ndarray:

@@ -16,17 +16,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ncnc.core.errors import InputError, examples
-
-
-def _reason(exc: BaseException) -> str:
-    """The first line of an exception's message (or its type), for a one-line error."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+from ncnc.core.errors import InputError, examples, first_line
 
 
 def _cannot_read(what: str, path: Path, exc: BaseException) -> InputError:
-    return InputError(f"{what} {path}: cannot be read as Parquet ({_reason(exc)})")
+    return InputError(f"{what} {path}: cannot be read as Parquet ({first_line(exc)})")
 
 
 # Every Parquet read goes through pyarrow: on damaged files it raises Python exceptions, where
