@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import resource
 import sys
@@ -31,7 +32,6 @@ import polars as pl
 import torch
 from polars.io.plugins import register_io_source
 
-from ncnc.core.files import fsync_path
 from ncnc.core.ids import IdMap
 from ncnc.scorer.explain import BECAUSE, because_dtype
 from ncnc.scorer.inputs import PAIR_COLUMNS
@@ -173,6 +173,11 @@ class ParquetRowWriter:
         self._frames: queue.Queue = queue.Queue(queued_frames)
         self._error: BaseException | None = None
         self._closed = False
+        # Opened here, in the caller's thread, and handed to the sink: the file exists before
+        # the sink starts, so a job interrupted at any moment leaves no file the Publication's
+        # cleanup did not see (a sink opening the path itself could create it after the
+        # cleanup had run).
+        self._file = open(self.path, "wb")  # noqa: SIM115 (closed in __exit__)
         sink = register_io_source(self._source, schema=self.schema)
         self._thread = threading.Thread(
             target=self._sink, name="ncnc-parquet-sink", daemon=True,
@@ -194,7 +199,7 @@ class ParquetRowWriter:
 
     def _sink(self, sink: pl.LazyFrame, options: dict[str, Any]) -> None:
         try:
-            sink.sink_parquet(self.path, **options)
+            sink.sink_parquet(self._file, **options)
         except BaseException as error:  # handed to the caller's thread
             self._error = error
 
@@ -237,8 +242,8 @@ class ParquetRowWriter:
         self._writeback.start()
 
     def _write_back(self) -> None:
-        with contextlib.suppress(OSError):  # not created yet, or removed by a failed job
-            fsync_path(self.path)
+        with contextlib.suppress(OSError, ValueError):  # ValueError: closed meanwhile
+            os.fsync(self._file.fileno())
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -250,6 +255,8 @@ class ParquetRowWriter:
         finally:
             if self._writeback is not None:
                 self._writeback.join()
+            if not self._thread.is_alive():  # else the sink still writes to it (interrupted)
+                self._file.close()
 
     def _close(self, exc_type: type[BaseException] | None) -> None:
         if exc_type is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -73,14 +74,20 @@ def test_scores_are_added_with_the_graph_id_dtype():
 
 
 def test_a_failing_sink_is_raised_in_the_writers_thread(tmp_path):
-    """polars' sink runs in a thread of its own: its error (here a folder where the file should
-    be) reaches the caller by the end of the ``with`` block at the latest."""
-    out = tmp_path / "out.parquet"
-    out.mkdir()
-    with pytest.raises(Exception, match="out.parquet|directory"):
-        with ParquetRowWriter(out, SCHEMA) as writer:
+    """polars' sink runs in a thread of its own: its error (here a full disk, /dev/full) reaches
+    the caller by the end of the ``with`` block at the latest."""
+    with pytest.raises(Exception, match="No space left on device"):
+        with ParquetRowWriter(Path("/dev/full"), SCHEMA) as writer:
             for k in range(100):
                 writer.write(pl.DataFrame({"a": [k], "b": ["x"]}))
+
+
+def test_a_folder_as_the_output_is_refused_before_any_thread_starts(tmp_path):
+    out = tmp_path / "out.parquet"
+    out.mkdir()
+    with pytest.raises(IsADirectoryError, match="out.parquet"):
+        ParquetRowWriter(out, SCHEMA)
+    assert not [t for t in threading.enumerate() if t.name == "ncnc-parquet-sink"]
 
 
 def test_a_writer_abandoned_on_error_stops_its_thread(tmp_path):
